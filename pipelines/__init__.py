@@ -1,0 +1,1 @@
+"""Orchestration: the `tipsv2` CLI (and, later, the Kubeflow DAG and its local runner)."""

@@ -1,0 +1,88 @@
+"""`tipsv2 embed image|text`: reproduce the official inference scripts."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="embed images or texts with a TIPS/TIPSv2 checkpoint",
+        description="Embed images or texts exactly as the official inference scripts do.",
+    )
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+
+    img = kinds.add_parser(
+        "image",
+        help="image embeddings (CLS1, CLS2, optional patch tokens)",
+        description=(
+            "Resize each image to SIZE×SIZE (bilinear), scale to [0,1] without mean/std "
+            "normalisation, and write L2-normalised CLS1 and CLS2 (norm clipped at 1e-3); "
+            "with --patch-tokens also the raw final-norm patch tokens [N, S/14, S/14, D]."
+        ),
+    )
+    _common(img)
+    img.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    img.add_argument("--image-size", type=int, default=448, help="square input size (default 448)")
+    img.add_argument("--patch-tokens", action="store_true", help="also write the patch tokens")
+    img.add_argument("--batch-size", type=int, default=8)
+    img.set_defaults(handler=run_image)
+
+    txt = kinds.add_parser(
+        "text",
+        help="text embeddings",
+        description="Lowercase, tokenise to 64 tokens, encode and L2-normalise each text.",
+    )
+    _common(txt)
+    txt.add_argument("texts", nargs="+", metavar="TEXT", help="texts to embed")
+    txt.add_argument("--tokenizer", required=True, help="SentencePiece tokenizer.model")
+    txt.add_argument("--batch-size", type=int, default=64)
+    txt.set_defaults(handler=run_text)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="official tower .npz (tips_v2_oss_b14_vision.npz / _text.npz) "
+        "or a native checkpoint directory",
+    )
+    p.add_argument(
+        "--variant",
+        default=None,
+        help="b14, l14, so400m14, g14, s14, ti14, nano14 (or B, L, So400m, g, S); "
+        "inferred if omitted",
+    )
+    p.add_argument("--output", required=True, help="output file, .npz or .json")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def run_image(args: argparse.Namespace) -> int:
+    from tipsv2_core.inference import embed_images, save_embeddings
+    from tipsv2_core.models.io import load_vision
+
+    model = load_vision(args.checkpoint, args.variant).to(args.device)
+    arrays = embed_images(model, args.images, args.image_size, args.batch_size, args.patch_tokens)
+    out = save_embeddings(args.output, arrays, args.images)
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in arrays.items())
+    print(f"wrote {out}: {shapes}")
+    return 0
+
+
+def run_text(args: argparse.Namespace) -> int:
+    from tipsv2_core.inference import embed_texts, save_embeddings
+    from tipsv2_core.models.io import load_text
+    from tipsv2_core.text import Tokenizer
+
+    model, _ = load_text(args.checkpoint, args.variant)
+    tokenizer = Tokenizer(args.tokenizer)
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+        raise ValueError(
+            f"{args.tokenizer}: {tokenizer.vocab_size} pieces, more than the model's "
+            f"vocabulary of {model.cfg.vocab_size}"
+        )
+    emb = embed_texts(model.to(args.device), tokenizer, args.texts, args.batch_size)
+    out = save_embeddings(args.output, {"text": emb}, args.texts)
+    print(f"wrote {out}: text {tuple(emb.shape)}")
+    return 0

@@ -1,0 +1,64 @@
+"""Shared fixtures: small models with every parameter randomised, sample images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tipsv2_core.models.tips import TIPSModel
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Gives every parameter (LayerScale, norms, position table, tokens…) random values.
+
+    A freshly initialised model has ones and zeros in many places, which would hide bugs
+    such as a LayerScale applied to the wrong branch or a swapped norm.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen) * scale
+            if (
+                name.endswith(("gamma", "norm1.weight", "norm2.weight", "norm.weight"))
+                or "ln_" in name
+            ):
+                p.copy_(1.0 + 4 * noise)  # around 1, clearly not 1
+            elif name.endswith("temperature"):
+                p.fill_(0.01)
+            else:
+                p.copy_(noise * (4 if "token" in name or "pos_embed" in name else 1))
+    return module
+
+
+@pytest.fixture(scope="session")
+def nano() -> TIPSModel:
+    torch.manual_seed(0)
+    return randomize_(TIPSModel("nano14")).eval()
+
+
+@pytest.fixture(scope="session")
+def image_files(tmp_path_factory) -> list[str]:
+    """Three RGB images of different sizes and one palette image."""
+    d = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(120, 160), (224, 224), (300, 200)]):
+        arr = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        p = d / f"img{i}.png"
+        Image.fromarray(arr).save(p)
+        paths.append(str(p))
+    pal = Image.fromarray((rng.random((64, 64)) * 8).astype(np.uint8), mode="P")
+    pal.putpalette([v for i in range(256) for v in (i, 255 - i, (7 * i) % 256)])
+    pal.save(d / "palette.png")
+    paths.append(str(d / "palette.png"))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def caption_corpus() -> list[str]:
+    colours = ["red", "green", "blue", "yellow", "purple", "orange"]
+    shapes = ["circle", "square", "star", "triangle", "heart", "cross"]
+    places = ["on a striped background", "in the top left", "next to a small cat", "near a tree"]
+    return [f"A {c} {s} {p}." for c in colours for s in shapes for p in places]

@@ -1,0 +1,134 @@
+"""Native checkpoints (DESIGN §4): a directory written atomically, COMPLETE marker last.
+
+    <dir>/model.safetensors   weights (TIPSModel state dict: vision.*, text.*, temperature)
+    <dir>/state.safetensors   optional training state (optimizer, EMA heads, loss centres)
+    <dir>/meta.json           step, variant, resolved config, data version, git SHA, …
+    <dir>/COMPLETE            written last; a directory without it is never loaded
+
+safetensors holds raw tensors only, so loading a checkpoint can never execute code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from tipsv2_core.errors import CheckpointError
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.safetensors"
+META_FILE = "meta.json"
+COMPLETE_FILE = "COMPLETE"
+FORMAT_VERSION = 1
+
+
+def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
+    """The commit of the code that wrote a checkpoint, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd or Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    return (Path(path) / COMPLETE_FILE).is_file()
+
+
+def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model_state: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    train_state: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
+    """Writes a checkpoint directory atomically and returns its path.
+
+    Everything goes to a sibling temporary directory first and is renamed into place, so
+    a reader sees either the previous complete checkpoint or the new complete one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    tmp.mkdir()
+    try:
+        save_file(_contiguous(model_state), str(tmp / MODEL_FILE))
+        if train_state:
+            save_file(_contiguous(train_state), str(tmp / STATE_FILE))
+        full_meta = {
+            "format_version": FORMAT_VERSION,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "git_sha": git_sha(),
+            **meta,
+        }
+        (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n")
+        (tmp / COMPLETE_FILE).write_text("")
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({e})") from None
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """meta.json of a complete checkpoint directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if not is_complete(path):
+        raise CheckpointError(
+            f"{path}: incomplete checkpoint (no {COMPLETE_FILE} marker); it was being written "
+            "when its writer stopped and is never loaded"
+        )
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path / META_FILE}: unreadable ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path / META_FILE}: expected a JSON object")
+    return meta
+
+
+def load_checkpoint(
+    path: str | os.PathLike, with_state: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor] | None]:
+    """(model tensors, meta, training state or None) of a complete checkpoint directory."""
+    path = Path(path)
+    meta = read_meta(path)
+    model_state = _load_tensors(path / MODEL_FILE)
+    state = None
+    if with_state and (path / STATE_FILE).is_file():
+        state = _load_tensors(path / STATE_FILE)
+    return model_state, meta, state
