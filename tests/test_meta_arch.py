@@ -1,0 +1,122 @@
+"""The TIPSv2 meta-architecture: one step of every loss, the EMA teacher, parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tipsv2_core.config import apply_overrides
+from tipsv2_core.recipes import get_recipe
+from tipsv2_core.train.meta_arch import TIPSv2MetaArch
+
+pytestmark = pytest.mark.unit
+
+
+def batch(b=4, g=56, loc=28, m=2, n_text=10, two=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n = (g // 14) ** 2
+    masks = torch.zeros(b, n, dtype=torch.bool)
+    masks[:, : n * 3 // 4] = True
+    ids = torch.randint(1, 500, (b, n_text), generator=gen)
+    out = {
+        "global_crops": torch.rand(b, 3, g, g, generator=gen),
+        "local_crops": torch.rand(b, m, 3, loc, loc, generator=gen),
+        "masks": masks,
+        "cls1_ids": ids,
+        "cls1_pad": torch.zeros(b, n_text, dtype=torch.int32),
+    }
+    if two:
+        out["cls2_ids"], out["cls2_pad"] = ids.flip(0), out["cls1_pad"]
+    return out
+
+
+def small_cfg(*overrides):
+    cfg = get_recipe("demo")
+    return apply_overrides(
+        cfg, ["heads.out_dim=64", "heads.hidden_dim=32", "heads.bottleneck_dim=16", *overrides]
+    )
+
+
+def test_one_step_produces_every_term_and_gradients():
+    torch.manual_seed(0)
+    arch = TIPSv2MetaArch(small_cfg())
+    total, parts = arch.training_forward(batch(), teacher_temp=0.04)
+    assert set(parts) == {"ibot_loss", "dino_loss", "clip_loss", "clip_cls1_loss", "clip_cls2_loss"}
+    w = arch.cfg.loss
+    expect = (
+        w.clip_weight * parts["clip_loss"]
+        + w.dino_weight * parts["dino_loss"]
+        + w.ibot_weight * parts["ibot_loss"]
+    )
+    torch.testing.assert_close(total.detach(), expect)
+    total.backward()
+    trainable = dict(arch.trainable_modules().named_parameters())
+    no_grad = [n for n, p in trainable.items() if p.grad is None and "token_embedding" not in n]
+    assert no_grad == []
+    assert all(p.grad is None for p in arch.teacher_heads.parameters())  # EMA only
+
+
+def test_head_only_teacher_is_the_student_encoder():
+    torch.manual_seed(0)
+    arch = TIPSv2MetaArch(small_cfg())
+    assert arch.teacher_vision is None
+    full = TIPSv2MetaArch(small_cfg("ema.mode=full"))
+    assert full.teacher_vision is not None
+    c_head, c_full = arch.parameter_counts(), full.parameter_counts()
+    assert c_full["ema_copies"] == c_head["ema_copies"] + c_head["vision"]
+
+
+def test_ema_update_moves_teacher_towards_student():
+    torch.manual_seed(0)
+    arch = TIPSv2MetaArch(small_cfg("ema.mode=full"))
+    with torch.no_grad():
+        for p in arch.heads.parameters():
+            p.add_(1.0)
+    t_before = [p.clone() for p, _ in arch.ema_pairs()]
+    arch.update_teacher(0.9)
+    for (t, s), before in zip(arch.ema_pairs(), t_before, strict=True):
+        torch.testing.assert_close(t, 0.9 * before + 0.1 * s)
+    arch.update_teacher(1.0)  # momentum 1: frozen
+    after = [p.clone() for p, _ in arch.ema_pairs()]
+    arch.update_teacher(1.0)
+    assert all(torch.equal(a, p) for a, (p, _) in zip(after, arch.ema_pairs(), strict=True))
+
+
+def test_one_cls_strategy_and_shared_head():
+    torch.manual_seed(0)
+    arch = TIPSv2MetaArch(small_cfg("data.caption_strategy=alt_only", "heads.shared=true"))
+    assert "ibot" not in arch.heads and not arch.two_cls
+    _, parts = arch.training_forward(batch(two=False), teacher_temp=0.04)
+    assert "clip_cls2_loss" not in parts
+    names = list(arch.state_dict())
+    assert len(names) == len(set(names))  # nothing aliased (safetensors needs that)
+
+
+def test_masked_clip_view_and_no_local_crops():
+    torch.manual_seed(0)
+    arch = TIPSv2MetaArch(small_cfg("loss.clip_view=masked"))
+    _, parts = arch.training_forward(batch(m=0), teacher_temp=0.04)
+    assert float(parts["dino_loss"]) == 0.0 and torch.isfinite(parts["ibot_loss"])
+
+
+def test_centres_move_during_training_forward():
+    torch.manual_seed(0)
+    arch = TIPSv2MetaArch(small_cfg())
+    arch.training_forward(batch(), teacher_temp=0.04)
+    assert arch.dino_loss.center.abs().sum() > 0 and arch.ibot_loss.center.abs().sum() > 0
+
+
+def test_b14_parameter_saving_of_head_only_ema():
+    """The paper's 42 %: vision encoder + heads maintained, full vs head-only EMA."""
+    with torch.device("meta"):
+        head = TIPSv2MetaArch(get_recipe("b14")).parameter_counts()
+        full = TIPSv2MetaArch(
+            apply_overrides(get_recipe("b14"), ["ema.mode=full"])
+        ).parameter_counts()
+    assert head["vision"] == 86_316_288
+    saving = 1 - head["vision_and_heads_maintained"] / full["vision_and_heads_maintained"]
+    # Two separate 32k-prototype heads (~14.7M each): the saving is vision / (2 (vision + heads)).
+    assert saving == pytest.approx(
+        head["vision"] / (2 * (head["vision"] + head["heads"])), rel=1e-9
+    )
+    assert 0.30 < saving < 0.45

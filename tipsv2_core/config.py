@@ -1,0 +1,305 @@
+"""Typed training configuration: nested dataclasses, dotted overrides, validation.
+
+A run is described by one `TrainConfig` tree. Recipes (tipsv2_core/recipes.py) are
+functions that return one; the CLI applies `--set key=value` overrides on top, each
+checked against the field's type, and the resolved tree is written next to every
+checkpoint. Values not reported by the paper are marked [INF] (our choice).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelCfg:
+    variant: str = "nano14"
+    pos_grid: int | None = None  # None: the variant's (32 for TIPSv2 sizes)
+    init_temperature: float = 0.07  # [INF] CLIP's start; released TIPSv2 ends near 0.005
+
+
+@dataclass
+class HeadCfg:
+    out_dim: int = 32768  # K prototypes; TIPS v1 reportedly used 32k
+    hidden_dim: int = 2048  # [INF] DINOv2 defaults
+    bottleneck_dim: int = 256
+    nlayers: int = 3
+    shared: bool = False  # one head for the CLS and the patch loss
+
+
+@dataclass
+class StageCfg:
+    """One resolution stage (paper: 224/98 px low-res, then 448/140 px high-res)."""
+
+    name: str = "low_res"
+    steps: int = 100
+    batch_size: int = 32
+    global_size: int = 224
+    local_size: int = 98
+
+
+@dataclass
+class DataCfg:
+    path: str = ""  # dataset directory (shards + manifest.parquet), or a file:// URI
+    split: str = "train"
+    num_local: int = 6
+    global_scale: tuple[float, float] = (0.32, 1.0)  # [INF] crop scales are not reported
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    flip_p: float = 0.5
+    mask_ratio: float = 0.75
+    mask_mode: str = "random"  # "random" | "block"
+    caption_strategy: str = "two_cls_multi"  # see tipsv2_core/data/captions_sampling.py
+    text_max_len: int = 64
+    tokenizer: str = ""  # SentencePiece model; empty: train one on the dataset's captions
+    tokenizer_vocab: int = 4000  # size of a tokenizer trained by the run
+    workers: int = 2  # DataLoader worker processes
+
+
+@dataclass
+class LossCfg:
+    clip_weight: float = 1.0
+    dino_weight: float = 1.0  # α
+    ibot_weight: float = 2.0  # β
+    ibot_mode: str = "ibot++"  # "ibot++" (TIPSv2) | "ibot" (masked patches only)
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    teacher_temp_warmup_frac: float = 0.3  # fraction of all steps
+    centering: str = "center"  # "center" (EMA centre) | "sinkhorn"
+    center_momentum: float = 0.9
+    clip_view: str = "unmasked"  # [INF] which global view feeds L_CLIP: "unmasked" | "masked"
+
+
+@dataclass
+class EMACfg:
+    mode: str = "head_only"  # "head_only" (TIPSv2) | "full" (TIPS)
+    momentum_start: float = 0.994  # [INF] cosine schedule towards momentum_end
+    momentum_end: float = 1.0
+
+
+@dataclass
+class OptimCfg:
+    name: str = "adamw"  # "adamw" | "adafactor"
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_frac: float = 0.1
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.999
+    clip_grad: float = 3.0  # 0 disables
+    accum_steps: int = 1
+
+
+@dataclass
+class RunCfg:
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA) | "fp32" | "bf16"
+    data_version: str = ""  # recorded in checkpoints (DVC revision when run by the pipeline)
+
+
+@dataclass
+class DistillCfg:
+    teacher: str = ""  # native checkpoint directory or official npz pair prefix
+    teacher_variant: str | None = None
+    patch_weight: float = 1.0
+    cls_weight: float = 1.0
+    clip_weight: float = 1.0
+    mask_ratio: float = 0.0  # the student's view; the teacher always sees it unmasked
+    init_text_from_teacher: bool = False
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = "custom"
+    model: ModelCfg = field(default_factory=ModelCfg)
+    heads: HeadCfg = field(default_factory=HeadCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    ema: EMACfg = field(default_factory=EMACfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    run: RunCfg = field(default_factory=RunCfg)
+    stages: list[StageCfg] = field(default_factory=lambda: [StageCfg()])
+    distill: DistillCfg = field(default_factory=DistillCfg)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def stage_at(self, step: int) -> tuple[int, StageCfg]:
+        """(index, stage) that step number `step` (0-based) belongs to."""
+        end = 0
+        for i, s in enumerate(self.stages):
+            end += s.steps
+            if step < end:
+                return i, s
+        return len(self.stages) - 1, self.stages[-1]
+
+
+class ConfigError(ValueError):
+    """A bad override or an invalid configuration; the message names the key."""
+
+
+def to_dict(cfg: Any) -> Any:
+    return dataclasses.asdict(cfg)
+
+
+def _convert(key: str, raw: Any, typ: Any) -> Any:
+    """Parses `raw` (a string from the command line, or a JSON value) into type `typ`."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        is_none = raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", ""))
+        if is_none and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(key, raw, inner[0])
+    if origin is tuple:
+        parts = raw.split(",") if isinstance(raw, str) else list(raw)
+        args = typing.get_args(typ)
+        if len(parts) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} comma-separated values, got {raw!r}")
+        return tuple(_convert(key, p, a) for p, a in zip(parts, args, strict=True))
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("true", "1", "yes", "on"):
+                return True
+            if str(raw).lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(raw)
+        if typ is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if typ is str:
+            return str(raw)
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise ConfigError(f"{key}: unsupported field type {typ}")
+    raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {raw!r}")
+
+
+def set_value(cfg: TrainConfig, dotted: str, raw: Any) -> None:
+    """Sets `a.b.c` (list items by index: `stages.0.steps`) after checking name and type."""
+    parts = dotted.split(".")
+    obj: Any = cfg
+    for i, name in enumerate(parts):
+        here = ".".join(parts[: i + 1])
+        last = i == len(parts) - 1
+        if isinstance(obj, list):
+            if not name.isdigit() or int(name) >= len(obj):
+                raise ConfigError(f"unknown key {here!r}: index must be 0..{len(obj) - 1}")
+            if last:
+                raise ConfigError(f"{here!r} is a whole section; set one of its fields")
+            obj = obj[int(name)]
+            continue
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        if name not in fields:
+            raise ConfigError(f"unknown key {here!r}; valid keys here: {', '.join(fields)}")
+        hints = typing.get_type_hints(type(obj))
+        if last:
+            if dataclasses.is_dataclass(hints[name]) or typing.get_origin(hints[name]) is list:
+                raise ConfigError(f"{here!r} is a whole section; set one of its fields")
+            setattr(obj, name, _convert(here, raw, hints[name]))
+        else:
+            obj = getattr(obj, name)
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Applies `key=value` strings in order; returns the same (mutated) config."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        set_value(cfg, key.strip(), value.strip())
+    return cfg
+
+
+def from_dict(doc: dict[str, Any]) -> TrainConfig:
+    """Rebuilds a config written by `to_dict` (e.g. from a checkpoint's meta.json)."""
+    cfg = TrainConfig()
+    stages = doc.get("stages")
+    if stages is not None:
+        cfg.stages = [StageCfg() for _ in stages]
+    flat: list[tuple[str, Any]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list) and prefix == "stages":
+            for i, v in enumerate(value):
+                walk(f"stages.{i}", v)
+        else:
+            flat.append((prefix, value))
+
+    walk("", doc)
+    for key, value in flat:
+        set_value(cfg, key, value)
+    return cfg
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: TrainConfig, patch_size: int = 14) -> TrainConfig:
+    """Checks cross-field rules; every message names the offending key."""
+    from tipsv2_core.models.variants import get_variant
+
+    get_variant(cfg.model.variant)
+    _check(len(cfg.stages) > 0, "stages: at least one stage is needed")
+    for i, s in enumerate(cfg.stages):
+        _check(s.steps > 0, f"stages.{i}.steps must be positive, got {s.steps}")
+        _check(s.batch_size > 0, f"stages.{i}.batch_size must be positive")
+        for name in ("global_size", "local_size"):
+            v = getattr(s, name)
+            _check(
+                v > 0 and v % patch_size == 0,
+                f"stages.{i}.{name}={v} must be a multiple of {patch_size}",
+            )
+    d, lo, em, op = cfg.data, cfg.loss, cfg.ema, cfg.optim
+    _check(0.0 <= d.mask_ratio < 1.0, f"data.mask_ratio={d.mask_ratio} must be in [0, 1)")
+    _check(
+        d.mask_mode in ("random", "block"), f"data.mask_mode={d.mask_mode!r}: 'random' or 'block'"
+    )
+    _check(d.num_local >= 0, "data.num_local must be >= 0")
+    _check(d.workers >= 0, "data.workers must be >= 0")
+    _check(
+        lo.ibot_mode in ("ibot", "ibot++"), f"loss.ibot_mode={lo.ibot_mode!r}: 'ibot' or 'ibot++'"
+    )
+    _check(lo.centering in ("center", "sinkhorn"), f"loss.centering={lo.centering!r}")
+    _check(lo.clip_view in ("unmasked", "masked"), f"loss.clip_view={lo.clip_view!r}")
+    _check(em.mode in ("head_only", "full"), f"ema.mode={em.mode!r}: 'head_only' or 'full'")
+    _check(
+        0.0 <= em.momentum_start <= em.momentum_end <= 1.0,
+        "ema.momentum_start <= ema.momentum_end <= 1",
+    )
+    _check(op.name in ("adamw", "adafactor"), f"optim.name={op.name!r}: 'adamw' or 'adafactor'")
+    _check(op.lr > 0 and op.min_lr >= 0, "optim.lr must be > 0 and optim.min_lr >= 0")
+    _check(op.accum_steps >= 1, "optim.accum_steps must be >= 1")
+    _check(cfg.run.precision in ("auto", "fp32", "bf16"), f"run.precision={cfg.run.precision!r}")
+    _check(0.0 <= cfg.distill.mask_ratio < 1.0, "distill.mask_ratio must be in [0, 1)")
+    from tipsv2_core.data.caption_sampling import STRATEGIES
+
+    _check(
+        d.caption_strategy in STRATEGIES,
+        f"data.caption_strategy={d.caption_strategy!r}: one of {list(STRATEGIES)}",
+    )
+    return cfg

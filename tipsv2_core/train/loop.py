@@ -1,0 +1,241 @@
+"""The single-process training loop shared by pretraining and distillation.
+
+Per step: schedules (LR, weight decay, EMA momentum, teacher temperature) from the step
+number; `accum_steps` micro-batches; a finiteness check per loss term; gradient clipping;
+the optimiser step; the EMA update; metrics; checkpoints every `checkpoint_every` steps
+and at the end. A run resumes from its latest complete checkpoint by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from tipsv2_core.config import TrainConfig, to_dict, validate
+from tipsv2_core.data.train_dataset import ResumableBatchSampler, TrainDataset, collate
+from tipsv2_core.data.views import ViewConfig
+from tipsv2_core.models.io import save_model
+from tipsv2_core.train.checkpointing import (
+    latest_checkpoint,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
+from tipsv2_core.train.optim import build_optimizer, set_hyperparams
+from tipsv2_core.train.schedules import cosine, linear_warmup, warmup_cosine
+from tipsv2_core.train.tokenizer_setup import ensure_tokenizer
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    final: Path  # model-only checkpoint of the student, loadable by `tipsv2 embed`
+    steps: int
+    resumed_from: int  # 0 for a fresh run
+    history: list[dict[str, float]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and device.type == "cuda")
+    if bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_loader(
+    cfg: TrainConfig,
+    stage_idx: int,
+    start_batch: int,
+    tokenizer: Path,
+    mask_ratio: float,
+    rank: int = 0,
+    world: int = 1,
+) -> Iterator[dict[str, torch.Tensor]]:
+    stage = cfg.stages[stage_idx]
+    d = cfg.data
+    views = ViewConfig(
+        global_size=stage.global_size,
+        local_size=stage.local_size,
+        num_local=d.num_local,
+        global_scale=d.global_scale,
+        local_scale=d.local_scale,
+        flip_p=d.flip_p,
+    )
+    ds = TrainDataset(
+        d.path,
+        d.split,
+        views,
+        mask_ratio,
+        d.mask_mode,
+        d.caption_strategy,
+        tokenizer,
+        d.text_max_len,
+        cfg.run.seed,
+    )
+    micro = stage.batch_size // cfg.optim.accum_steps
+    sampler = ResumableBatchSampler(
+        len(ds), micro, cfg.run.seed, stage_idx, start_batch, rank, world
+    )
+    loader = DataLoader(
+        ds,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=d.workers,
+        prefetch_factor=4 if d.workers else None,
+        persistent_workers=False,
+    )
+    return iter(loader)
+
+
+def _move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def run_training(
+    cfg: TrainConfig,
+    out: str | Path,
+    build_arch: Callable[[TrainConfig], nn.Module],
+    *,
+    mask_ratio: float,
+    resume: bool = True,
+    progress: bool = True,
+    extra_meta: dict[str, Any] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Trains `build_arch(cfg)` (TIPSv2MetaArch or DistillMetaArch) into `out`.
+
+    `stop_after` ends the run early after that many steps *of this call* (used to test
+    interruption); checkpoints are still written on schedule.
+    """
+    validate(cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.run.device)
+    torch.manual_seed(cfg.run.seed)
+    tokenizer = ensure_tokenizer(cfg, out)
+    arch = build_arch(cfg).to(device)
+    opt = build_optimizer(arch.trainable_modules(), cfg.optim)
+    meta = {
+        "config": to_dict(cfg),
+        "data_version": cfg.run.data_version,
+        "tokenizer": tokenizer.name,
+        **(extra_meta or {}),
+    }
+    (out / "config.json").write_text(json.dumps(meta["config"], indent=2) + "\n")
+
+    start = 0
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        start = int(load_training_checkpoint(ckpt, arch, opt)["step"])
+    total = cfg.total_steps
+    history: list[dict[str, float]] = []
+    metrics_file = out / "metrics.jsonl"
+    if start == 0 and metrics_file.exists():
+        metrics_file.unlink()  # a fresh run starts a fresh log
+
+    bar = tqdm(
+        total=total,
+        initial=start,
+        disable=not progress,
+        desc=cfg.recipe,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    stage_idx, it = -1, None
+    end = total if stop_after is None else min(total, start + stop_after)
+    warmup = int(cfg.optim.warmup_frac * total)
+    t_warm = int(cfg.loss.teacher_temp_warmup_frac * total)
+    arch.train()
+    t_last, seen = time.perf_counter(), 0
+    for step in range(start, end):
+        idx, _ = cfg.stage_at(step)
+        if idx != stage_idx:  # a new resolution stage (or the first): rebuild the loader
+            stage_start = sum(s.steps for s in cfg.stages[:idx])
+            it = make_loader(
+                cfg, idx, (step - stage_start) * cfg.optim.accum_steps, tokenizer, mask_ratio
+            )
+            stage_idx = idx
+        lr = warmup_cosine(cfg.optim.lr, cfg.optim.min_lr, warmup, step, total)
+        wd = cosine(cfg.optim.weight_decay, cfg.optim.weight_decay_end, step, total)
+        set_hyperparams(opt, lr, wd)
+        teacher_temp = linear_warmup(
+            cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp, step, t_warm
+        )
+        momentum = cosine(cfg.ema.momentum_start, cfg.ema.momentum_end, step, total)
+
+        terms: dict[str, float] = {}
+        for _ in range(cfg.optim.accum_steps):
+            batch = _move(next(it), device)
+            with _autocast(cfg, device):
+                loss, parts = arch.training_forward(batch, teacher_temp)
+            (loss / cfg.optim.accum_steps).backward()
+            for name, v in parts.items():
+                terms[name] = terms.get(name, 0.0) + float(v) / cfg.optim.accum_steps
+            terms["loss"] = terms.get("loss", 0.0) + float(loss.detach()) / cfg.optim.accum_steps
+            seen += batch["global_crops"].shape[0]
+        bad = [name for name, v in terms.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(
+                f"{bad[0]} is {terms[bad[0]]} at step {step + 1}; stopping (no checkpoint written)"
+            )
+        if cfg.optim.clip_grad > 0:
+            terms["grad_norm"] = float(
+                torch.nn.utils.clip_grad_norm_(
+                    arch.trainable_modules().parameters(), cfg.optim.clip_grad
+                )
+            )
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        arch.update_teacher(momentum)
+        arch.after_step()
+        done = step + 1
+
+        if done % cfg.run.log_every == 0 or done == end:
+            now = time.perf_counter()
+            row = {
+                "step": done,
+                **{f"train/{k}": v for k, v in terms.items()},
+                "train/lr": lr,
+                "train/weight_decay": wd,
+                "train/ema_momentum": momentum,
+                "train/teacher_temp": teacher_temp,
+                "train/temperature": float(arch.student.temperature.detach().reshape(-1)[0]),
+                "train/images_per_s": seen / max(now - t_last, 1e-9),
+            }
+            t_last, seen = now, 0
+            history.append(row)
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            bar.set_postfix(
+                {
+                    k: f"{terms[k]:.3f}"
+                    for k in ("loss", "clip_loss", "dino_loss", "ibot_loss", "patch_loss")
+                    if k in terms
+                }
+                | {"lr": f"{lr:.1e}", "img/s": f"{row['train/images_per_s']:.0f}"}
+            )
+        bar.update(1)
+        if done % cfg.run.checkpoint_every == 0 or done == total:
+            save_training_checkpoint(out, done, arch, opt, meta, cfg.run.keep_checkpoints)
+    bar.close()
+    done = max(end, start)
+    final = out / "final"
+    if done == total:
+        save_model(arch.student, final, {"step": done, **meta})
+    return TrainResult(out=out, final=final, steps=done, resumed_from=start, history=history)
