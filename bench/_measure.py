@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -33,10 +34,8 @@ class PeakRSS:
     def __enter__(self) -> PeakRSS:
         # Hand memory freed by earlier runs back to the OS first; otherwise a run that
         # reuses the allocator's cached pages shows no growth at all.
-        try:
+        with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
         self.base = self.peak = _rss_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
