@@ -111,9 +111,8 @@ def test_worker_processes_give_the_same_batches(dataset, tmp_path):
 
 def test_distillation_runs_and_resumes(dataset, tmp_path):
     teacher = pretrain(tiny(dataset, steps=10), tmp_path / "teacher", progress=False).final
-    cfg = lambda: apply_overrides(  # noqa: E731
-        tiny(dataset, steps=10), [f"distill.teacher={teacher}", "data.num_local=0"]
-    )
+    overrides = [f"distill.teacher={teacher}", "data.num_local=0", "run.checkpoint_every=5"]
+    cfg = lambda: apply_overrides(tiny(dataset, steps=10), overrides)  # noqa: E731
     part = distill(cfg(), tmp_path / "student", progress=False, stop_after=5)
     assert part.steps == 5
     done = distill(cfg(), tmp_path / "student", progress=False)

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from tipsv2_core.data.caption_sampling import sample_captions
+from tipsv2_core.data.layout import local_path
 from tipsv2_core.data.masking import make_mask
+from tipsv2_core.data.shards import open_dataset
 from tipsv2_core.data.views import ViewConfig, make_views
 from tipsv2_core.text.tokenizer import Tokenizer
 
@@ -68,15 +69,9 @@ def index_shards(root: Path, shards: list[str]) -> dict[str, SampleRef]:
     return refs
 
 
-def read_manifest(root: Path, split: str | None) -> list[dict]:
-    """Rows of manifest.parquet (optionally of one split), in file order."""
-    path = root / "manifest.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest; is {root} a dataset directory?")
-    rows = pq.read_table(path).to_pylist()
-    for col in ("key", "split", "shard"):
-        if rows and col not in rows[0]:
-            raise ValueError(f"{path}: missing column {col!r}")
+def manifest_rows(root: str | Path, split: str | None) -> list[dict]:
+    """Manifest rows (optionally of one split), in file order, of a complete dataset."""
+    rows = open_dataset(root).manifest.to_pylist()
     return [r for r in rows if split is None or r["split"] == split]
 
 
@@ -96,8 +91,8 @@ class TrainDataset(Dataset):
         seed: int,
         patch_size: int = 14,
     ) -> None:
-        self.root = Path(root)
-        rows = read_manifest(self.root, split)
+        self.root = local_path(root)
+        rows = manifest_rows(self.root, split)
         if not rows:
             raise ValueError(f"{self.root}: split {split!r} is empty")
         refs = index_shards(self.root, sorted({r["shard"] for r in rows}))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tipsv2_core.config import TrainConfig
 from tipsv2_core.data.caption_sampling import ALT, LONG, MEDIUM
-from tipsv2_core.data.train_dataset import read_manifest
+from tipsv2_core.data.train_dataset import manifest_rows
 from tipsv2_core.text.tokenizer import Tokenizer, train_tokenizer
 
 RUN_TOKENIZER = "tokenizer.model"
@@ -23,6 +23,6 @@ def ensure_tokenizer(cfg: TrainConfig, out: Path) -> Path:
         Tokenizer(src)  # validate before copying
         shutil.copyfile(src, target)
         return target
-    rows = read_manifest(Path(cfg.data.path), cfg.data.split)
+    rows = manifest_rows(cfg.data.path, cfg.data.split)
     corpus = (r[f] for r in rows for f in (ALT, MEDIUM, LONG) if isinstance(r.get(f), str))
     return train_tokenizer(corpus, target, vocab_size=cfg.data.tokenizer_vocab)

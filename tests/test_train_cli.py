@@ -1,0 +1,70 @@
+"""Smoke test of the real CLI at tiny size: synth -> train -> embed -> distill (+ resume)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+TIPSV2 = str(Path(sys.executable).with_name("tipsv2"))
+TINY = {
+    "stages.0.batch_size": 8,
+    "stages.0.global_size": 56,
+    "stages.0.local_size": 28,
+    "data.num_local": 2,
+    "data.workers": 1,
+    "data.text_max_len": 24,
+    "data.tokenizer_vocab": 300,
+    "heads.out_dim": 128,
+    "heads.hidden_dim": 64,
+    "heads.bottleneck_dim": 32,
+    "run.checkpoint_every": 4,
+    "run.log_every": 2,
+}
+
+
+def sets(**extra) -> list[str]:
+    out = []
+    for key, value in {**TINY, **{k.replace("__", "."): v for k, v in extra.items()}}.items():
+        out += ["--set", f"{key}={value}"]
+    return out
+
+
+def run(*args: str) -> dict:
+    """Runs tipsv2 and returns the JSON summary on its last output line."""
+    res = subprocess.run([TIPSV2, *args], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+
+
+def test_synth_train_embed_distill(tmp_path):
+    data = tmp_path / "synth"
+    run("data", "synth", "--num-images", "64", "--image-size", "112", "--out", f"file://{data}")
+    out = tmp_path / "run"
+    train = ["train", "--recipe", "demo", "--data", str(data), "--out", str(out), "--quiet"]
+    summary = run(*train, *sets(stages__0__steps=8))
+    assert summary["steps"] == 8 and summary["resumed_from"] == 0
+    assert {"ibot_loss", "dino_loss", "clip_loss", "loss"} <= set(summary)
+    # The same command again resumes from the last checkpoint and has nothing left to do.
+    assert run(*train, *sets(stages__0__steps=8))["resumed_from"] == 8
+
+    with tarfile.open(next((data / "shards").glob("train-*.tar"))) as tar:
+        member = next(m for m in tar if m.name.endswith(".png") and ".mask" not in m.name)
+        (tmp_path / "x.png").write_bytes(tar.extractfile(member).read())
+    embed = ["embed", "image", "--checkpoint", str(out / "final"), "--image-size", "112"]
+    run(*embed, str(tmp_path / "x.png"), "--output", str(tmp_path / "e.npz"))
+    assert np.load(tmp_path / "e.npz")["cls1"].shape == (1, 96)
+
+    student = tmp_path / "student"
+    distill = ["distill", "--teacher", str(out / "final"), "--student-variant", "nano14"]
+    distill += ["--data", str(data), "--out", str(student), "--quiet"]
+    assert run(*distill, *sets(data__num_local=0, stages__0__steps=6))["steps"] == 6
+    last = run(*distill, *sets(data__num_local=0, stages__0__steps=10))
+    assert last["resumed_from"] == 6 and last["steps"] == 10  # extended from its final step
