@@ -72,6 +72,10 @@ class LossCfg:
     centering: str = "center"  # "center" (EMA centre) | "sinkhorn"
     center_momentum: float = 0.9
     clip_view: str = "unmasked"  # [INF] which global view feeds L_CLIP: "unmasked" | "masked"
+    # [INF] Ramp α and β from 0 over this fraction of the steps. With the head-only teacher
+    # the encoder can fall into the constant solution of the self-distillation losses
+    # before L_CLIP has made its features diverse; a short ramp avoids that on small runs.
+    ssl_warmup_frac: float = 0.0
 
 
 @dataclass
@@ -286,6 +290,7 @@ def validate(cfg: TrainConfig, patch_size: int = 14) -> TrainConfig:
     )
     _check(lo.centering in ("center", "sinkhorn"), f"loss.centering={lo.centering!r}")
     _check(lo.clip_view in ("unmasked", "masked"), f"loss.clip_view={lo.clip_view!r}")
+    _check(0.0 <= lo.ssl_warmup_frac <= 1.0, "loss.ssl_warmup_frac must be in [0, 1]")
     _check(em.mode in ("head_only", "full"), f"ema.mode={em.mode!r}: 'head_only' or 'full'")
     _check(
         0.0 <= em.momentum_start <= em.momentum_end <= 1.0,

@@ -109,7 +109,7 @@ def run_train(args: argparse.Namespace) -> int:
         cfg, args.out.removeprefix("file://"), resume=not args.no_resume, progress=not args.quiet
     )
     last = result.history[-1] if result.history else {}
-    losses = {k: round(v, 4) for k, v in last.items() if k.endswith("loss")}
+    losses = {k.removeprefix("train/"): round(v, 4) for k, v in last.items() if k.endswith("loss")}
     print(json.dumps({"out": str(result.out), "final": str(result.final), "steps": result.steps,
                       "resumed_from": result.resumed_from, **losses}))  # fmt: skip
     return 0

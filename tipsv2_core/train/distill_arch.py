@@ -77,9 +77,9 @@ class DistillMetaArch(nn.Module):
         }
 
     def training_forward(
-        self, batch: dict[str, torch.Tensor], teacher_temp: float
+        self, batch: dict[str, torch.Tensor], teacher_temp: float, ssl_scale: float = 1.0
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        del teacher_temp  # no prototype distributions in feature distillation
+        del teacher_temp, ssl_scale  # no prototype distributions in feature distillation
         g, masks = batch["global_crops"], batch["masks"]
         with torch.no_grad():
             t = self.teacher.vision(g)

@@ -178,12 +178,13 @@ def run_training(
             cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp, step, t_warm
         )
         momentum = cosine(cfg.ema.momentum_start, cfg.ema.momentum_end, step, total)
+        ssl_scale = linear_warmup(0.0, 1.0, step, int(cfg.loss.ssl_warmup_frac * total))
 
         terms: dict[str, float] = {}
         for _ in range(cfg.optim.accum_steps):
             batch = _move(next(it), device)
             with _autocast(cfg, device):
-                loss, parts = arch.training_forward(batch, teacher_temp)
+                loss, parts = arch.training_forward(batch, teacher_temp, ssl_scale)
             (loss / cfg.optim.accum_steps).backward()
             for name, v in parts.items():
                 terms[name] = terms.get(name, 0.0) + float(v) / cfg.optim.accum_steps
@@ -215,6 +216,7 @@ def run_training(
                 "train/weight_decay": wd,
                 "train/ema_momentum": momentum,
                 "train/teacher_temp": teacher_temp,
+                "train/ssl_scale": ssl_scale,
                 "train/temperature": float(arch.student.temperature.detach().reshape(-1)[0]),
                 "train/images_per_s": seen / max(now - t_last, 1e-9),
             }

@@ -90,11 +90,12 @@ class TIPSv2MetaArch(nn.Module):
     # -- the step ---------------------------------------------------------------------------
 
     def training_forward(
-        self, batch: dict[str, torch.Tensor], teacher_temp: float
+        self, batch: dict[str, torch.Tensor], teacher_temp: float, ssl_scale: float = 1.0
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One forward of all losses. batch: global_crops [B,3,G,G], local_crops [B,M,3,L,L],
         masks [B,N] bool, cls1_ids/cls1_pad [B,T] (and cls2_ids/cls2_pad for two CLS).
 
+        ssl_scale multiplies α and β (the self-distillation warm-up).
         Returns (weighted total, {name: detached term}).
         """
         cfg, vision = self.cfg, self.student.vision
@@ -144,10 +145,8 @@ class TIPSv2MetaArch(nn.Module):
             self.ibot_loss.update_center(t_patch.reshape(-1, k))
 
         w = cfg.loss
-        total = (
-            w.clip_weight * losses["clip_loss"]
-            + w.dino_weight * losses["dino_loss"]
-            + w.ibot_weight * losses["ibot_loss"]
+        total = w.clip_weight * losses["clip_loss"] + ssl_scale * (
+            w.dino_weight * losses["dino_loss"] + w.ibot_weight * losses["ibot_loss"]
         )
         return total, {name: v.detach() for name, v in losses.items()}
 

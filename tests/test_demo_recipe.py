@@ -1,0 +1,69 @@
+"""Acceptance: the `demo` recipe on the synthetic dataset, end to end through the CLI.
+
+It must finish on 2 cores within 10 minutes, every loss term must fall, and its final
+checkpoint must load with `tipsv2 embed`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+TIPSV2 = str(Path(sys.executable).with_name("tipsv2"))
+
+
+def tipsv2(*args: str) -> str:
+    res = subprocess.run([TIPSV2, *args], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def test_demo_recipe_trains_in_minutes_and_every_loss_falls(tmp_path):
+    data, out = tmp_path / "synth", tmp_path / "demo"
+    tipsv2(
+        "data",
+        "synth",
+        "--num-images",
+        "2000",
+        "--image-size",
+        "112",
+        "--out",
+        str(data),
+        "--workers",
+        "2",
+    )
+    start = time.perf_counter()
+    tipsv2("train", "--recipe", "demo", "--data", str(data), "--out", str(out), "--quiet")
+    minutes = (time.perf_counter() - start) / 60
+    assert minutes < 10, f"demo took {minutes:.1f} min"
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 300
+    # Compare after every warm-up (LR, teacher temperature, α/β ramp: 30 % of the run):
+    # medians of the first five logs after step 100 against the last five.
+    after = [r for r in rows if r["step"] > 100]
+    for term in ("clip_cls1_loss", "clip_cls2_loss", "dino_loss", "ibot_loss"):
+        early = statistics.median(r[f"train/{term}"] for r in after[:5])
+        late = statistics.median(r[f"train/{term}"] for r in after[-5:])
+        assert late < early, f"{term}: {early:.3f} -> {late:.3f}"
+    first_clip = rows[0]["train/clip_loss"]
+    assert rows[-1]["train/clip_loss"] < first_clip - 0.3  # ln 32 = 3.47 at the start
+
+    image = next((data / "shards").glob("val-*.tar"))
+    import tarfile
+
+    with tarfile.open(image) as tar:
+        member = next(m for m in tar if m.name.endswith(".png") and ".mask" not in m.name)
+        (tmp_path / "x.png").write_bytes(tar.extractfile(member).read())
+    emb = tmp_path / "e.npz"
+    tipsv2("embed", "image", "--checkpoint", str(out / "final"), "--image-size", "112",
+           str(tmp_path / "x.png"), "--output", str(emb))  # fmt: skip
+    assert np.isfinite(np.load(emb)["cls1"]).all()

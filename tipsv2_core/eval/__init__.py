@@ -1,0 +1,1 @@
+"""Evaluation: the paper's protocols on our data and on standard dataset layouts."""
