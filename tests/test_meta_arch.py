@@ -120,3 +120,28 @@ def test_b14_parameter_saving_of_head_only_ema():
         head["vision"] / (2 * (head["vision"] + head["heads"])), rel=1e-9
     )
     assert 0.30 < saving < 0.45
+
+
+def test_distillation_student_is_random_and_text_can_start_from_the_teacher():
+    from tipsv2_core.models.tips import TIPSModel
+    from tipsv2_core.train.distill_arch import DistillMetaArch
+
+    torch.manual_seed(0)
+    teacher = TIPSModel("nano14")
+    cfg = small_cfg("distill.init_text_from_teacher=true", "data.num_local=0")
+    arch = DistillMetaArch(cfg, teacher=teacher)
+    assert torch.equal(
+        arch.student.text.token_embedding.weight, teacher.text.token_embedding.weight
+    )
+    assert not torch.equal(arch.student.vision.pos_embed, teacher.vision.pos_embed)
+    assert not any(k.startswith("_teacher") or k.startswith("teacher") for k in arch.state_dict())
+    b = batch(m=0)
+    b["masks"][:] = False
+    total, parts = arch.training_forward(b, teacher_temp=0.04)
+    total.backward()
+    assert {"patch_loss", "cls_loss", "clip_loss"} <= set(parts)
+    assert all(p.grad is None for p in teacher.parameters())
+    with pytest.raises(ValueError, match="does not fit"):
+        DistillMetaArch(
+            small_cfg("distill.init_text_from_teacher=true", "model.variant=ti14"), teacher
+        )

@@ -58,12 +58,14 @@ def all_state(path):
     return model | {k: v for k, v in state.items() if not k.startswith("rng.")}
 
 
-def test_resume_is_exact(dataset, tmp_path):
-    straight = pretrain(tiny(dataset), tmp_path / "a", progress=False)
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_resume_is_exact(dataset, tmp_path, optimizer):
+    opt = f"optim.name={optimizer}"
+    straight = pretrain(tiny(dataset, opt), tmp_path / "a", progress=False)
     assert straight.steps == 20 and straight.resumed_from == 0
-    first = pretrain(tiny(dataset), tmp_path / "b", progress=False, stop_after=10)
+    first = pretrain(tiny(dataset, opt), tmp_path / "b", progress=False, stop_after=10)
     assert first.steps == 10 and not first.final.exists()
-    second = pretrain(tiny(dataset), tmp_path / "b", progress=False)
+    second = pretrain(tiny(dataset, opt), tmp_path / "b", progress=False)
     assert second.resumed_from == 10 and second.steps == 20
     a, b = (
         all_state(tmp_path / "a/checkpoints/step_00000020"),
@@ -107,6 +109,14 @@ def test_worker_processes_give_the_same_batches(dataset, tmp_path):
         all_state(b.out / "checkpoints/step_00000003"),
     )
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_accumulation_sinkhorn_and_full_ema_run(dataset, tmp_path):
+    cfg = tiny(dataset, "optim.accum_steps=2", "loss.centering=sinkhorn", "ema.mode=full", steps=2)
+    result = pretrain(cfg, tmp_path / "acc", progress=False)
+    assert result.steps == 2
+    state = all_state(tmp_path / "acc/checkpoints/step_00000002")
+    assert any(k.startswith("arch.teacher_vision.") for k in state)  # the EMA encoder is kept
 
 
 def test_distillation_runs_and_resumes(dataset, tmp_path):
