@@ -23,12 +23,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from tipsv2_core.atomic import COMPLETE_FILE, commit_directory, temporary_sibling
 from tipsv2_core.errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 META_FILE = "meta.json"
-COMPLETE_FILE = "COMPLETE"
 FORMAT_VERSION = 1
 
 
@@ -67,9 +67,7 @@ def save_checkpoint(
     a reader sees either the previous complete checkpoint or the new complete one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    tmp.mkdir()
+    tmp = temporary_sibling(path)
     try:
         save_file(_contiguous(model_state), str(tmp / MODEL_FILE))
         if train_state:
@@ -81,14 +79,7 @@ def save_checkpoint(
             **meta,
         }
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n")
-        (tmp / COMPLETE_FILE).write_text("")
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        commit_directory(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -7,15 +7,14 @@
     <dataset>/COMPLETE                    written last; a directory without it is refused
 
 A dataset is written into a temporary sibling directory and renamed into place
-(`commit_directory`), so readers see the previous complete dataset or the new one.
+(`tipsv2_core.atomic.commit_directory`), so readers see the previous complete dataset
+or the new one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ SHARDS_DIR = "shards"
 MANIFEST_FILE = "manifest.parquet"
 REJECTED_FILE = "rejected.parquet"
 CARD_FILE = "dataset_card.json"
-COMPLETE_FILE = "COMPLETE"
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -145,28 +143,3 @@ def read_card(root: Path) -> dict[str, Any]:
     ):
         raise DatasetError(f"{path}: 'counts' must map split names to sample counts")
     return card
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A fresh hidden directory next to `path`, for writing a dataset before committing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    tmp.mkdir()
-    return tmp
-
-
-def commit_directory(tmp: Path, path: Path) -> Path:
-    """Writes COMPLETE into `tmp` and renames it to `path`, replacing any previous dataset.
-
-    The previous directory is moved aside first and deleted only once the new one is in
-    place, so an interrupted commit never leaves `path` half written.
-    """
-    (tmp / COMPLETE_FILE).write_text("")
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return path

@@ -17,9 +17,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from tipsv2_core.atomic import COMPLETE_FILE
 from tipsv2_core.data.layout import (
     CARD_FILE,
-    COMPLETE_FILE,
     MANIFEST_FILE,
     SHARDS_DIR,
     DatasetError,

@@ -21,19 +21,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from tipsv2_core.atomic import COMPLETE_FILE, commit_directory, temporary_sibling
 from tipsv2_core.data.card import CardBuilder
 from tipsv2_core.data.classes import CLASS_NAMES, IGNORE_INDEX
 from tipsv2_core.data.layout import (
-    COMPLETE_FILE,
     FORMAT_VERSION,
     MANIFEST_FILE,
     MANIFEST_SCHEMA,
     REJECTED_FILE,
     SHARDS_DIR,
     DatasetError,
-    commit_directory,
     local_path,
-    temporary_sibling,
     write_json,
     write_manifest,
     write_rejected,
