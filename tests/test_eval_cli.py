@@ -1,0 +1,74 @@
+"""`tipsv2 eval` on a small synthetic dataset, and the shard reader behind it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tipsv2_core.data.synth_dataset import write_synthetic_dataset
+from tipsv2_core.eval.datasets import IGNORE_INDEX
+from tipsv2_core.eval.readers import shard_eval_datasets
+from tipsv2_core.text import train_tokenizer
+
+pytestmark = pytest.mark.integration
+TIPSV2 = str(Path(sys.executable).with_name("tipsv2"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaldata") / "synth"
+    write_synthetic_dataset(str(out), num_images=60, image_size=112, seed=3, progress=False)
+    return out
+
+
+def test_shard_reader_views(dataset):
+    views = shard_eval_datasets(dataset, "train")
+    assert views.seg.class_names[0] == "circle"  # background dropped, classes shifted
+    label = views.seg.samples[0].load_label()
+    assert (
+        label.dtype == np.int64 and label.max() < len(views.seg.class_names)
+    ) or IGNORE_INDEX in label
+    assert set(np.unique(label)) <= set(range(len(views.seg.class_names))) | {IGNORE_INDEX}
+    with_bg = shard_eval_datasets(dataset, "train", background=True)
+    assert with_bg.seg.class_names[0] == "background"
+    assert (with_bg.seg.samples[0].load_label() == 0).any()
+    assert all(len(s.captions) == 1 for s in views.captions.samples)
+    with pytest.raises(ValueError, match="caption field"):
+        shard_eval_datasets(dataset, "train", field="title")
+
+
+def test_eval_cli_runs_every_task_and_saves_predictions(dataset, tmp_path, caption_corpus):
+    ckpt, tok = tmp_path / "nano", tmp_path / "tok.model"
+    subprocess.run([TIPSV2, "model", "init", "--variant", "nano14", "--out", str(ckpt)], check=True)
+    train_tokenizer(caption_corpus, tok, vocab_size=50)
+    preds, out = tmp_path / "preds", tmp_path / "metrics.json"
+    args = ["eval", "--checkpoint", str(ckpt), "--dataset", str(dataset), "--tokenizer", str(tok)]
+    args += ["--split", "train", "--train-split", "train", "--limit", "12", "--eval-size", "112"]
+    args += [
+        "--image-size",
+        "112",
+        "--save-predictions",
+        str(preds),
+        "--output",
+        str(out),
+        "--quiet",
+    ]
+    res = subprocess.run([TIPSV2, *args], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads(out.read_text())
+    wanted = ["zeroshot_seg/miou", "retrieval/i2t_r@1", "classification/top1", "knn/top1"]
+    for key in [*wanted, "linear_seg/miou"]:
+        task, metric = key.split("/")
+        assert 0.0 <= metrics[f"eval/{task}/synth-train/{metric}"] <= 1.0
+    keys = [s.key for s in shard_eval_datasets(dataset, "train", limit=12).seg.samples]
+    assert sorted(p.name for p in preds.glob("*_overlay.png")) == sorted(
+        f"{k}_overlay.png" for k in keys
+    )
+    assert all((preds / f"{k}.png").is_file() for k in keys)
+    bad = subprocess.run([TIPSV2, *args[:-1], "--tasks", "depth"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown task" in bad.stderr
