@@ -72,3 +72,37 @@ def test_eval_cli_runs_every_task_and_saves_predictions(dataset, tmp_path, capti
     assert all((preds / f"{k}.png").is_file() for k in keys)
     bad = subprocess.run([TIPSV2, *args[:-1], "--tasks", "depth"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown task" in bad.stderr
+
+
+def test_segment_and_features_commands(dataset, tmp_path, caption_corpus):
+    from PIL import Image
+
+    ckpt, tok = tmp_path / "nano", tmp_path / "tokenizer.model"
+    subprocess.run([TIPSV2, "model", "init", "--variant", "nano14", "--out", str(ckpt)], check=True)
+    train_tokenizer(caption_corpus, ckpt / "tokenizer.model", vocab_size=50)  # found beside it
+    sample = shard_eval_datasets(dataset, "train", limit=1).seg.samples[0]
+    sample.load_image().save(tmp_path / "in.png")
+    seg = [TIPSV2, "segment", str(tmp_path / "in.png"), "--checkpoint", str(ckpt)]
+    seg += [
+        "--classes",
+        "circle, star,background",
+        "--eval-size",
+        "112",
+        "--out",
+        str(tmp_path / "o.png"),
+    ]
+    res = subprocess.run(seg, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    share = json.loads(res.stdout)["pixel_share"]
+    assert list(share) == ["circle", "star", "background"] and abs(sum(share.values()) - 1) < 1e-3
+    assert Image.open(tmp_path / "o.png").size == (112, 112)
+    feat = [TIPSV2, "features", str(tmp_path / "in.png"), "--checkpoint", str(ckpt)]
+    feat += ["--image-size", "224", "--out", str(tmp_path / "pca.png")]
+    subprocess.run(feat, check=True, capture_output=True, timeout=300)
+    pca = np.asarray(Image.open(tmp_path / "pca.png"))
+    assert pca.shape == (224, 224, 3) and pca.std() > 0  # the components vary over the image
+    missing = subprocess.run(
+        [*feat[:2], str(tmp_path / "nope.png"), *feat[3:]], capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "nope.png: cannot read image" in missing.stderr
+    assert not tok.exists()

@@ -10,9 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipelines.cli import checkpoints, data, embed, evaluate, tokenizer, train
+from pipelines.cli import checkpoints, data, embed, evaluate, tokenizer, train, visualize
 
-GROUPS = (data, train, evaluate, embed, checkpoints, tokenizer)
+GROUPS = (data, train, evaluate, visualize, embed, checkpoints, tokenizer)
 
 DESCRIPTION = """\
 TIPSv2 platform: train, distill, evaluate, export and promote TIPSv2

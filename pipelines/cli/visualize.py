@@ -1,0 +1,86 @@
+"""`tipsv2 segment` and `tipsv2 features`: look at what a model sees in one image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    seg = sub.add_parser(
+        "segment",
+        help="zero-shot segment an image by class names; write a coloured overlay",
+        description="Label every pixel with the closest of the given class names (TCL prompts, "
+        "values trick, sliding window) and write the image with one colour per class.",
+    )
+    seg.add_argument("image")
+    seg.add_argument("--checkpoint", required=True)
+    seg.add_argument("--variant", default=None)
+    seg.add_argument("--classes", required=True, help='comma-separated, e.g. "cat,dog,grass"')
+    seg.add_argument(
+        "--tokenizer", default=None, help="default: tokenizer.model beside the checkpoint"
+    )
+    seg.add_argument("--out", required=True, help="overlay PNG")
+    seg.add_argument("--eval-size", type=int, default=448)
+    seg.add_argument("--mode", default="slide", choices=("slide", "whole"))
+    seg.set_defaults(handler=run_segment)
+
+    feat = sub.add_parser(
+        "features",
+        help="PCA of patch features as an RGB image",
+        description="Project the patch tokens on their first three principal components, as RGB.",
+    )
+    feat.add_argument("image")
+    feat.add_argument("--checkpoint", required=True)
+    feat.add_argument("--variant", default=None)
+    feat.add_argument("--image-size", type=int, default=448)
+    feat.add_argument("--out", required=True, help="PNG")
+    feat.set_defaults(handler=run_features)
+
+
+def _open(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise ValueError(f"{path}: cannot read image ({e})") from None
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from pipelines.cli.evaluate import find_tokenizer
+    from tipsv2_core.eval.visualize import overlay, segment_image
+    from tipsv2_core.models.io import load_model
+    from tipsv2_core.text import Tokenizer
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    image = _open(args.image)
+    model = load_model(args.checkpoint, args.variant)
+    tokenizer = Tokenizer(find_tokenizer(args.checkpoint, args.tokenizer))
+    labels = segment_image(
+        model, tokenizer, image, classes, eval_size=args.eval_size, mode=args.mode
+    )
+    overlay(image, labels, len(classes)).save(args.out)
+    share = np.bincount(labels.ravel(), minlength=len(classes)) / labels.size
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "pixel_share": {c: round(float(s), 4) for c, s in zip(classes, share, strict=True)},
+            }
+        )
+    )
+    return 0
+
+
+def run_features(args: argparse.Namespace) -> int:
+    from tipsv2_core.eval.visualize import pca_features
+    from tipsv2_core.models.io import load_model
+
+    model = load_model(args.checkpoint, args.variant)
+    pca_features(model, _open(args.image), args.image_size).save(args.out)
+    print(json.dumps({"out": args.out}))
+    return 0
