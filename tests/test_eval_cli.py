@@ -49,15 +49,9 @@ def test_eval_cli_runs_every_task_and_saves_predictions(dataset, tmp_path, capti
     preds, out = tmp_path / "preds", tmp_path / "metrics.json"
     args = ["eval", "--checkpoint", str(ckpt), "--dataset", str(dataset), "--tokenizer", str(tok)]
     args += ["--split", "train", "--train-split", "train", "--limit", "12", "--eval-size", "112"]
-    args += [
-        "--image-size",
-        "112",
-        "--save-predictions",
-        str(preds),
-        "--output",
-        str(out),
-        "--quiet",
-    ]
+    report = tmp_path / "report" / "eval.html"
+    args += ["--image-size", "112", "--save-predictions", str(preds), "--report", str(report)]
+    args += ["--output", str(out), "--quiet"]
     res = subprocess.run([TIPSV2, *args], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.loads(out.read_text())
@@ -70,6 +64,19 @@ def test_eval_cli_runs_every_task_and_saves_predictions(dataset, tmp_path, capti
         f"{k}_overlay.png" for k in keys
     )
     assert all((preds / f"{k}.png").is_file() for k in keys)
+    page = report.read_text()
+    for section in (
+        "Lineage",
+        "Metrics",
+        "Per-class IoU",
+        "Predictions",
+        "PCA features",
+        "Training curves",
+    ):
+        assert f"<h2>{section}</h2>" in page
+    assert "http://" not in page and "https://" not in page  # self-contained
+    assert page.count("data:image/png;base64,") >= 3 * 6 + 3  # 6 prediction rows, 3 PCA maps
+    assert (report.parent / "eval_per_class_iou.png").is_file()
     bad = subprocess.run([TIPSV2, *args[:-1], "--tasks", "depth"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown task" in bad.stderr
 

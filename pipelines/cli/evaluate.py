@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+REPORT_SAMPLES = 6
 TASKS = ("zeroshot_seg", "retrieval", "classification", "knn", "linear_seg")
 
 
@@ -43,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--save-predictions", default=None, metavar="DIR", help="label PNG + overlay per image"
     )
     p.add_argument("--output", default=None, help="also write the metrics JSON here")
+    p.add_argument(
+        "--report", default=None, metavar="HTML", help="write a self-contained HTML report"
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=run_eval)
@@ -84,12 +88,18 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     common = {"device": args.device, "progress": not args.quiet}
     metrics: dict[str, float] = {}
+    writer = PredictionWriter(args.save_predictions, test.seg) if args.save_predictions else None
+    kept: dict[str, object] = {}  # the first few predictions, for the report
+
+    def on_prediction(key: str, pred) -> None:
+        if writer is not None:
+            writer(key, pred)
+        if len(kept) < REPORT_SAMPLES:
+            kept[key] = pred
+
     for task in tasks:
         if task == "zeroshot_seg":
-            writer = (
-                PredictionWriter(args.save_predictions, test.seg) if args.save_predictions else None
-            )
-            opts = {"mode": args.mode, "eval_size": args.eval_size, "on_prediction": writer}
+            opts = {"mode": args.mode, "eval_size": args.eval_size, "on_prediction": on_prediction}
             metrics |= run_evaluation(task, model, tokenizer, test.seg, **opts, **common)
         elif task == "retrieval":
             metrics |= run_evaluation(
@@ -119,9 +129,57 @@ def run_eval(args: argparse.Namespace) -> int:
                 image_size=args.image_size,
                 **common,
             )
+    if args.report:
+        write_eval_report(args, model, test.seg, metrics, kept)
     doc = json.dumps(metrics, indent=2, sort_keys=True)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(doc + "\n")
     print(doc)
     return 0
+
+
+def _run_history(checkpoint: Path) -> list[dict]:
+    """metrics.jsonl of the run a checkpoint came from (run/final or run/checkpoints/step_N)."""
+    for run in (checkpoint.parent, checkpoint.parent.parent):
+        path = run / "metrics.jsonl"
+        if path.is_file():
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return []
+
+
+def write_eval_report(args, model, seg, metrics: dict, kept: dict) -> None:
+    from tipsv2_core.checkpoint import read_meta
+    from tipsv2_core.eval.predictions import palette
+    from tipsv2_core.eval.report import ReportData, colour_labels, write_report
+    from tipsv2_core.eval.visualize import pca_features
+    from tipsv2_core.models.io import is_native
+
+    ckpt = Path(args.checkpoint)
+    meta = read_meta(ckpt) if is_native(ckpt) else {}
+    lineage = {
+        "checkpoint": str(ckpt),
+        "variant": model.variant.name,
+        "step": meta.get("step"),
+        "data_version": meta.get("data_version"),
+        "git_sha": meta.get("git_sha"),
+        "dataset": f"{args.dataset} ({args.split})",
+        "config": meta.get("config"),
+    }
+    colours = palette(len(seg.class_names))
+    samples = {s.key: s for s in seg.samples}
+    rows = []
+    for key, pred in kept.items():
+        image = samples[key].load_image()
+        truth = colour_labels(samples[key].load_label(), colours)
+        rows.append((key, image, truth, colour_labels(pred.astype("int64"), colours)))
+    pca = [(s.key, pca_features(model, s.load_image(), args.image_size)) for s in seg.samples[:3]]
+    data = ReportData(
+        title=f"Evaluation of {ckpt.name} on {seg.name}",
+        metrics=metrics,
+        lineage=lineage,
+        predictions=rows,
+        pca=pca,
+        history=_run_history(ckpt),
+    )
+    write_report(data, args.report)
