@@ -79,24 +79,22 @@ def write_json(path: Path, doc: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 
+def _write_table(path: Path, rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> None:
+    columns: dict[str, list] = {n: [] for n in schema.names}
+    for row in rows:
+        for n in schema.names:
+            columns[n].append(row[n])
+    pq.write_table(pa.table(columns, schema=schema), path)
+
+
 def write_manifest(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """Writes manifest rows (dicts with the MANIFEST_SCHEMA fields) as parquet."""
-    names = MANIFEST_SCHEMA.names
-    columns: dict[str, list] = {n: [] for n in names}
-    for row in rows:
-        for n in names:
-            columns[n].append(row[n])
-    pq.write_table(pa.table(columns, schema=MANIFEST_SCHEMA), path)
+    _write_table(path, rows, MANIFEST_SCHEMA)
 
 
 def write_rejected(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """Writes the rejects table (key, source, reason); empty for generated data."""
-    names = REJECTED_SCHEMA.names
-    columns: dict[str, list] = {n: [] for n in names}
-    for row in rows:
-        for n in names:
-            columns[n].append(row[n])
-    pq.write_table(pa.table(columns, schema=REJECTED_SCHEMA), path)
+    _write_table(path, rows, REJECTED_SCHEMA)
 
 
 def read_manifest(root: Path) -> pa.Table:
