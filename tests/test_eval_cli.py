@@ -113,3 +113,78 @@ def test_segment_and_features_commands(dataset, tmp_path, caption_corpus):
     )
     assert missing.returncode == 2 and "nope.png: cannot read image" in missing.stderr
     assert not tok.exists()
+
+
+def _export_layouts(dataset, root):
+    """The synthetic dataset rewritten as a generic seg folder, a COCO caption JSON and an
+    image folder per class (train/ and val/): what a user brings from elsewhere."""
+    from PIL import Image
+
+    seg_root, folder = root / "generic", root / "folder"
+    (seg_root / "images").mkdir(parents=True)
+    (seg_root / "masks").mkdir()
+    doc = {"images": [], "annotations": []}
+    for split in ("train", "val"):
+        views = shard_eval_datasets(dataset, split, limit=10)
+        names = views.classes.class_names
+        for i, s in enumerate(views.seg.samples):
+            image = s.load_image()
+            if split == "val":
+                image.save(seg_root / "images" / f"{s.key}.png")
+                Image.fromarray(s.load_label().astype(np.uint8)).save(
+                    seg_root / "masks" / f"{s.key}.png"
+                )
+                image.save(root / f"{s.key}.jpg")
+                doc["images"].append({"id": i, "file_name": f"{s.key}.jpg"})
+                caps = views.captions.samples[i].captions
+                doc["annotations"] += [{"image_id": i, "caption": c} for c in caps]
+        for c in views.classes.samples:
+            target = folder / split / names[c.label].replace(" ", "_") / f"{c.key}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            c.load_image().save(target)
+    all_names = shard_eval_datasets(dataset).seg.class_names
+    (seg_root / "classes.txt").write_text("\n".join(all_names))
+    for split in ("train", "val"):  # every class in both splits, as kNN requires
+        for name in all_names:
+            (folder / split / name.replace(" ", "_")).mkdir(parents=True, exist_ok=True)
+    (root / "captions.json").write_text(json.dumps(doc))
+    return seg_root, root / "captions.json", folder
+
+
+def test_eval_cli_reads_other_layouts(dataset, tmp_path, caption_corpus):
+    ckpt = tmp_path / "nano"
+    subprocess.run([TIPSV2, "model", "init", "--variant", "nano14", "--out", str(ckpt)], check=True)
+    train_tokenizer(caption_corpus, ckpt / "tokenizer.model", vocab_size=50)
+    seg_root, coco, folder = _export_layouts(dataset, tmp_path / "layouts")
+    base = [TIPSV2, "eval", "--checkpoint", str(ckpt), "--image-size", "112", "--quiet"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=600)
+
+    seg_args = [
+        "--dataset",
+        str(seg_root),
+        "--eval-size",
+        "112",
+        "--report",
+        str(tmp_path / "s.html"),
+    ]
+    res = run(*seg_args, "--tasks", "zeroshot_seg,linear_seg", "--train-dataset", str(seg_root))
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads(res.stdout)
+    assert {"eval/zeroshot_seg/generic/miou", "eval/linear_seg/generic/miou"} <= set(metrics)
+    assert "Predictions" in (tmp_path / "s.html").read_text()
+
+    res = run("--dataset", str(coco), "--tasks", "retrieval")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert 0 <= json.loads(res.stdout)["eval/retrieval/captions/t2i_r@1"] <= 1
+
+    res = run("--dataset", str(folder), "--tasks", "classification,knn")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert {"eval/classification/val/top1", "eval/knn/val/top1"} <= set(json.loads(res.stdout))
+
+    # What a layout cannot give is an error before any model work, naming it.
+    res = run("--dataset", str(seg_root), "--tasks", "retrieval")
+    assert res.returncode == 2 and "generic dataset offers seg; task retrieval needs" in res.stderr
+    res = run("--dataset", str(seg_root), "--tasks", "linear_seg")
+    assert res.returncode == 2 and "pass --train-dataset" in res.stderr

@@ -96,3 +96,79 @@ def test_image_folder(tmp_path):
     assert sorted((s.key, s.label) for s in ds.samples) == [("cat-b", 0), ("golden_retriever-a", 1)]
     with pytest.raises(DatasetFormatError, match="no class sub-folders"):
         read_image_folder(tmp_path / "cat")
+
+
+def _layouts(root):
+    """One small dataset of each layout under `root`; returns {layout: path}."""
+    _img(root / "voc/JPEGImages/a.jpg")
+    _mask(root / "voc/SegmentationClass/a.png", [[0, 15], [255, 1]])
+    (root / "voc/ImageSets/Segmentation").mkdir(parents=True)
+    (root / "voc/ImageSets/Segmentation/val.txt").write_text("a\n")
+    _img(root / "ade/images/validation/x.jpg")
+    _mask(root / "ade/annotations/validation/x.png", [[0, 1], [2, 3]], mode="L")
+    _img(root / "gen/images/p.png")
+    _mask(root / "gen/masks/p.png", [[0, 1], [1, 0]], mode="L")
+    (root / "gen/classes.txt").write_text("sky\nroad\n")
+    _img(root / "coco/1.jpg")
+    doc = {
+        "images": [{"id": 1, "file_name": "1.jpg"}],
+        "annotations": [{"image_id": 1, "caption": "c"}],
+    }  # noqa: E501
+    (root / "coco/caps.json").write_text(json.dumps(doc))
+    for split in ("train", "val"):
+        _img(root / f"folder/{split}/cat/a.jpg")
+        _img(root / f"folder/{split}/dog/b.jpg")
+    return {
+        "voc": root / "voc",
+        "ade20k": root / "ade",
+        "generic": root / "gen",
+        "coco": root / "coco/caps.json",
+        "imagefolder": root / "folder",
+    }
+
+
+def test_layouts_are_recognised_and_offer_their_views(tmp_path):
+    from tipsv2_core.eval.readers.resolve import detect_layout, open_eval_views
+
+    offered = {
+        "voc": ("seg",),
+        "ade20k": ("seg",),
+        "generic": ("seg",),
+        "coco": ("captions",),
+        "imagefolder": ("classes",),
+    }
+    for layout, path in _layouts(tmp_path).items():
+        assert detect_layout(path) == layout
+        views = open_eval_views(path)
+        have = tuple(v for v in ("seg", "captions", "classes") if getattr(views, v) is not None)
+        assert have == offered[layout], layout
+    folder = open_eval_views(tmp_path / "folder", split="train")
+    assert folder.classes.class_names == ["cat", "dog"] and folder.classes.name == "train"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetFormatError, match="empty: not a known dataset layout"):
+        detect_layout(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="nope: no such dataset"):
+        detect_layout(tmp_path / "nope")
+
+
+def test_views_name_what_a_task_lacks(tmp_path):
+    from tipsv2_core.eval.readers.resolve import open_eval_views, open_train_views
+
+    paths = _layouts(tmp_path)
+    voc = open_eval_views(paths["voc"])
+    assert voc.view_for("zeroshot_seg", "d") is voc.seg
+    with pytest.raises(DatasetFormatError, match="a voc dataset offers seg; task retrieval needs"):
+        voc.view_for("retrieval", "d")
+    with pytest.raises(DatasetFormatError, match="generic dataset has no training split"):
+        open_train_views(paths["generic"], "auto", None, None)
+    train = open_train_views(paths["generic"], "generic", None, paths["generic"])
+    assert len(train.seg) == 1
+    with pytest.raises(DatasetFormatError, match=r"train\.txt: missing split list"):
+        open_train_views(paths["voc"], "voc", None, None)  # VOC's train split: train.txt
+
+
+def test_cli_layout_choices_match_the_readers():
+    from pipelines.cli.evaluate import LAYOUTS as CLI_LAYOUTS
+    from tipsv2_core.eval.readers.resolve import LAYOUTS
+
+    assert CLI_LAYOUTS == LAYOUTS

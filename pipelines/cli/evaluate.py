@@ -8,6 +8,9 @@ from pathlib import Path
 
 REPORT_SAMPLES = 6
 TASKS = ("zeroshot_seg", "retrieval", "classification", "knn", "linear_seg")
+TRAIN_TASKS = {"knn", "linear_seg"}  # these fit on a training split
+# tipsv2_core.eval.readers.resolve.LAYOUTS, spelled out so `tipsv2 --help` imports nothing
+LAYOUTS = ("shards", "voc", "ade20k", "generic", "coco", "imagefolder")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,20 +18,40 @@ def register(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate a checkpoint: zero-shot seg, retrieval, classification, kNN, linear probe",
         description=(
-            "Evaluate a checkpoint on a shard dataset (e.g. from `tipsv2 data synth`) and print "
-            "namespaced metrics (eval/<task>/<dataset>/<metric>) as JSON."
+            "Evaluate a checkpoint and print namespaced metrics (eval/<task>/<dataset>/<metric>) "
+            "as JSON. Datasets: our shards (synthetic or curated), Pascal VOC, ADE20K, a "
+            "generic images/ + masks/ + classes.txt folder (segmentation), a COCO caption JSON "
+            "(retrieval) or an image folder per class (classification, kNN); the layout is "
+            "recognised from the files, or given with --layout."
         ),
     )
     p.add_argument(
         "--checkpoint", required=True, help="native checkpoint or official npz pair prefix"
     )
     p.add_argument("--variant", default=None)
-    p.add_argument("--dataset", required=True, help="shard dataset directory")
+    p.add_argument("--dataset", required=True, help="dataset directory (or COCO caption .json)")
+    p.add_argument(
+        "--layout", default="auto", choices=("auto", *LAYOUTS), help="dataset layout (default auto)"
+    )
+    p.add_argument(
+        "--image-root", default=None, help="COCO: image folder (default: beside the JSON)"
+    )
+    p.add_argument(
+        "--train-dataset",
+        default=None,
+        help="training data for knn/linear_seg when the layout has no training split",
+    )
     p.add_argument(
         "--tasks", default=",".join(TASKS), help=f"comma-separated, from {','.join(TASKS)}"
     )
-    p.add_argument("--split", default="val", help="evaluation split (default val)")
-    p.add_argument("--train-split", default="train", help="training split for knn and linear_seg")
+    p.add_argument(
+        "--split", default=None, help="evaluation split (default: val; ADE20K: validation)"
+    )
+    p.add_argument(
+        "--train-split",
+        default=None,
+        help="training split for knn and linear_seg (default: train; ADE20K: training)",
+    )
     p.add_argument(
         "--tokenizer", default=None, help="default: tokenizer.model beside the checkpoint"
     )
@@ -69,7 +92,7 @@ def find_tokenizer(checkpoint: str, given: str | None) -> Path:
 def run_eval(args: argparse.Namespace) -> int:
     from tipsv2_core.eval.predictions import PredictionWriter
     from tipsv2_core.eval.protocol import run_evaluation
-    from tipsv2_core.eval.readers import shard_eval_datasets
+    from tipsv2_core.eval.readers.resolve import open_eval_views, open_train_views
     from tipsv2_core.models.io import load_model
     from tipsv2_core.text import Tokenizer
 
@@ -77,15 +100,25 @@ def run_eval(args: argparse.Namespace) -> int:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+    # Read the data first: a malformed dataset fails before the model is loaded.
+    kw = {
+        "field": args.caption_field,
+        "background": args.background,
+        "limit": args.limit,
+        "image_root": args.image_root,
+    }
+    test = open_eval_views(args.dataset, args.layout, args.split, **kw)
+    datasets = {t: test.view_for(t, args.dataset) for t in tasks}
+    train = None
+    if TRAIN_TASKS & set(tasks):
+        train = open_train_views(
+            args.dataset, test.layout, args.train_split, args.train_dataset, **kw
+        )
+        for t in TRAIN_TASKS & set(tasks):
+            train.view_for(t, args.train_dataset or args.dataset)
     model = load_model(args.checkpoint, args.variant)
-    tokenizer = Tokenizer(find_tokenizer(args.checkpoint, args.tokenizer))
-    kw = {"field": args.caption_field, "background": args.background, "limit": args.limit}
-    test = shard_eval_datasets(args.dataset, args.split, **kw)
-    train = (
-        shard_eval_datasets(args.dataset, args.train_split, **kw)
-        if {"knn", "linear_seg"} & set(tasks)
-        else None
-    )
+    needs_text = {"zeroshot_seg", "retrieval", "classification"} & set(tasks)
+    tokenizer = Tokenizer(find_tokenizer(args.checkpoint, args.tokenizer)) if needs_text else None
     common = {"device": args.device, "progress": not args.quiet}
     metrics: dict[str, float] = {}
     writer = PredictionWriter(args.save_predictions, test.seg) if args.save_predictions else None
@@ -98,39 +131,14 @@ def run_eval(args: argparse.Namespace) -> int:
             kept[key] = pred
 
     for task in tasks:
+        opts: dict[str, object] = {"image_size": args.image_size}
         if task == "zeroshot_seg":
             opts = {"mode": args.mode, "eval_size": args.eval_size, "on_prediction": on_prediction}
-            metrics |= run_evaluation(task, model, tokenizer, test.seg, **opts, **common)
-        elif task == "retrieval":
-            metrics |= run_evaluation(
-                task, model, tokenizer, test.captions, image_size=args.image_size, **common
-            )
-        elif task == "classification":
-            metrics |= run_evaluation(
-                task, model, tokenizer, test.classes, image_size=args.image_size, **common
-            )
-        elif task == "knn":
-            metrics |= run_evaluation(
-                task,
-                model,
-                tokenizer,
-                test.classes,
-                train=train.classes,
-                image_size=args.image_size,
-                **common,
-            )
-        else:  # linear_seg
-            metrics |= run_evaluation(
-                task,
-                model,
-                tokenizer,
-                test.seg,
-                train=train.seg,
-                image_size=args.image_size,
-                **common,
-            )
+        if task in TRAIN_TASKS:
+            opts["train"] = train.view_for(task, args.train_dataset or args.dataset)
+        metrics |= run_evaluation(task, model, tokenizer, datasets[task], **opts, **common)
     if args.report:
-        write_eval_report(args, model, test.seg, metrics, kept)
+        write_eval_report(args, model, test, metrics, kept)
     doc = json.dumps(metrics, indent=2, sort_keys=True)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +156,7 @@ def _run_history(checkpoint: Path) -> list[dict]:
     return []
 
 
-def write_eval_report(args, model, seg, metrics: dict, kept: dict) -> None:
+def write_eval_report(args, model, views, metrics: dict, kept: dict) -> None:
     from tipsv2_core.checkpoint import read_meta
     from tipsv2_core.eval.predictions import palette
     from tipsv2_core.eval.report import ReportData, colour_labels, write_report
@@ -163,19 +171,20 @@ def write_eval_report(args, model, seg, metrics: dict, kept: dict) -> None:
         "step": meta.get("step"),
         "data_version": meta.get("data_version"),
         "git_sha": meta.get("git_sha"),
-        "dataset": f"{args.dataset} ({args.split})",
+        "dataset": f"{args.dataset} ({views.layout}, split {args.split or 'default'})",
         "config": meta.get("config"),
     }
-    colours = palette(len(seg.class_names))
-    samples = {s.key: s for s in seg.samples}
-    rows = []
+    seg, rows = views.seg, []
+    colours = palette(len(seg.class_names)) if seg is not None else None
+    samples = {s.key: s for s in seg.samples} if seg is not None else {}
     for key, pred in kept.items():
         image = samples[key].load_image()
         truth = colour_labels(samples[key].load_label(), colours)
         rows.append((key, image, truth, colour_labels(pred.astype("int64"), colours)))
-    pca = [(s.key, pca_features(model, s.load_image(), args.image_size)) for s in seg.samples[:3]]
+    first = next(v for v in (views.seg, views.captions, views.classes) if v is not None)
+    pca = [(s.key, pca_features(model, s.load_image(), args.image_size)) for s in first.samples[:3]]
     data = ReportData(
-        title=f"Evaluation of {ckpt.name} on {seg.name}",
+        title=f"Evaluation of {ckpt.name} on {first.name}",
         metrics=metrics,
         lineage=lineage,
         predictions=rows,

@@ -36,7 +36,11 @@ def evaluate(
     """
     del tokenizer
     if list(train.class_names) != list(dataset.class_names):
-        raise ValueError(f"{train.name} and {dataset.name} have different class lists")
+        only = sorted(set(train.class_names) ^ set(dataset.class_names))
+        raise ValueError(
+            f"{train.name} and {dataset.name} have different class lists "
+            f"({len(train.class_names)} vs {len(dataset.class_names)}; in one only: {only[:5]})"
+        )
     if not train.samples or not dataset.samples:
         raise ValueError("both the memory bank and the query set need samples")
     dev = resolve_device(model, device)

@@ -95,7 +95,11 @@ def evaluate(
     """
     del tokenizer
     if list(train.class_names) != list(dataset.class_names):
-        raise ValueError(f"{train.name} and {dataset.name} have different class lists")
+        only = sorted(set(train.class_names) ^ set(dataset.class_names))
+        raise ValueError(
+            f"{train.name} and {dataset.name} have different class lists "
+            f"({len(train.class_names)} vs {len(dataset.class_names)}; in one only: {only[:5]})"
+        )
     check_image_size(model, image_size)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
