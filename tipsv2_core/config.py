@@ -119,6 +119,10 @@ class DistillCfg:
     clip_weight: float = 1.0
     mask_ratio: float = 0.0  # the student's view; the teacher always sees it unmasked
     init_text_from_teacher: bool = False
+    # Start the student's vision encoder from the teacher's weights (same variant only).
+    # The paper's Tab. 2 row 7: this keeps the student in the teacher's basin, so it
+    # inherits the teacher's weak dense features; the default is a random init.
+    init_student_from_teacher: bool = False
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Distillation (TIPSv2 §3.2): a frozen larger teacher, a randomly initialised student.
+"""Distillation (TIPSv2 §3.2): a frozen larger teacher, a randomly initialised student
+(or, for the paper's Tab. 2 ablation, one initialised from the teacher).
 
 The student sees the global crop (masked at `distill.mask_ratio`, default 0: the paper's
 finding is that supervising *all* patch tokens of an unmasked view is what lets students
@@ -46,6 +47,14 @@ class DistillMetaArch(nn.Module):
                     f"({self.student.variant.name})"
                 )
             self.student.text.load_state_dict(teacher.text.state_dict())
+        if cfg.distill.init_student_from_teacher:
+            if teacher.vision.cfg != self.student.vision.cfg:
+                raise CheckpointError(
+                    f"distill.init_student_from_teacher: the teacher's vision encoder "
+                    f"({teacher.variant.name}) does not fit the student's "
+                    f"({self.student.variant.name})"
+                )
+            self.student.vision.load_state_dict(teacher.vision.state_dict())
         ds, dt = self.student.vision.embed_dim, teacher.vision.embed_dim
         self.heads = nn.ModuleDict({"patch": nn.Linear(ds, dt), "cls": nn.Linear(ds, dt)})
         self.two_cls = uses_cls2(cfg)
