@@ -145,3 +145,23 @@ def test_distillation_student_is_random_and_text_can_start_from_the_teacher():
         DistillMetaArch(
             small_cfg("distill.init_text_from_teacher=true", "model.variant=ti14"), teacher
         )
+
+
+def test_distillation_student_can_start_from_the_teacher_vision_encoder():
+    from tipsv2_core.models.tips import TIPSModel
+    from tipsv2_core.train.distill_arch import DistillMetaArch
+
+    torch.manual_seed(0)
+    teacher = TIPSModel("nano14")
+    cfg = small_cfg("distill.init_student_from_teacher=true", "data.num_local=0")
+    arch = DistillMetaArch(cfg, teacher=teacher)
+    for (name, s), t in zip(
+        arch.student.vision.state_dict().items(), teacher.vision.state_dict().values(), strict=True
+    ):
+        assert torch.equal(s, t), name
+    # A copy, not a shared tensor: training the student leaves the frozen teacher as it was.
+    assert arch.student.vision.pos_embed.data_ptr() != teacher.vision.pos_embed.data_ptr()
+    with pytest.raises(ValueError, match="vision encoder .* does not fit"):
+        DistillMetaArch(
+            small_cfg("distill.init_student_from_teacher=true", "model.variant=ti14"), teacher
+        )
