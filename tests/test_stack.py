@@ -1,0 +1,305 @@
+"""`tipsv2 stack up|down|status` against the real JuiceFS gateway and MLflow server.
+
+One stack per module (starting MLflow costs ~10-30 s on 2 cores); the tests run in file
+order and the last one stops and restarts it. The unit tests at the end need no services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from components import stack
+from components.settings import configure, read_env_file
+from components.storage import Storage
+from pipelines.cli import stack as stack_cli
+
+
+def tipsv2(*argv: str) -> tuple[int, str]:
+    """Runs `tipsv2 stack …` with the group's own parser; returns (exit code, stdout+stderr)."""
+    parser = argparse.ArgumentParser(prog="tipsv2")
+    stack_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        rc = args.handler(args)
+    return rc, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """A running stack in a fresh TIPSV2_HOME; stopped when the module is done."""
+    h = tmp_path_factory.mktemp("tipsv2home")
+    start = time.monotonic()
+    rc, out = tipsv2("stack", "--home", str(h), "up")
+    assert rc == 0, out
+    print(f"stack up in {time.monotonic() - start:.1f} s")
+    yield h
+    stack.down(h)
+
+
+@pytest.fixture(scope="module")
+def env(home) -> dict[str, str]:
+    return read_env_file(home / "stack" / "stack.env")
+
+
+def secrets_of(env: dict[str, str]) -> list[str]:
+    return [env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]]
+
+
+@pytest.mark.integration
+def test_up_starts_healthy_services_on_loopback(home):
+    st = stack.status(home)
+    assert st.healthy
+    for s in st.services:
+        assert s.state == "running"
+        assert s.url is not None and s.url.startswith("http://127.0.0.1:")
+        assert (home / "stack" / "run" / f"{s.name}.pid").read_text().strip() == str(s.pid)
+        assert s.log.is_file() and s.log.parent == home / "stack" / "logs"
+    rc, out = tipsv2("stack", "--home", str(home), "status", "--json")
+    assert rc == 0
+    data = json.loads(out)
+    assert data["healthy"] is True
+    assert {s["name"]: s["state"] for s in data["services"]} == {
+        "s3": "running",
+        "mlflow": "running",
+    }
+
+
+@pytest.mark.integration
+def test_second_up_reports_already_running(home):
+    before = stack.status(home)
+    start = time.monotonic()
+    rc, out = tipsv2("stack", "--home", str(home), "up")
+    assert rc == 0, out
+    assert time.monotonic() - start < 10
+    assert out.count("already running") == 2, out
+    after = stack.status(home)
+    assert [s.pid for s in after.services] == [s.pid for s in before.services]
+
+
+@pytest.mark.integration
+def test_env_file_is_private_and_complete(home, env):
+    path = home / "stack" / "stack.env"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / "stack").stat().st_mode) == 0o700
+    st = stack.status(home)
+    assert env["AWS_ENDPOINT_URL"] == st.service("s3").url
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == st.service("s3").url
+    assert env["MLFLOW_TRACKING_URI"] == st.service("mlflow").url
+    assert env["AWS_REQUEST_CHECKSUM_CALCULATION"] == "WHEN_REQUIRED"
+    assert len(env["AWS_SECRET_ACCESS_KEY"]) >= 20  # generated, not a well-known default
+    assert env["AWS_SECRET_ACCESS_KEY"] != "minioadmin"
+
+
+@pytest.mark.integration
+def test_credentials_never_printed_logged_or_on_a_command_line(home, env):
+    outputs = [
+        tipsv2("stack", "--home", str(home), "status")[1],
+        tipsv2("stack", "--home", str(home), "status", "--json")[1],
+        tipsv2("stack", "--home", str(home), "up")[1],
+    ]
+    logs = [p.read_text(errors="replace") for p in (home / "stack" / "logs").iterdir()]
+    cmdlines = []
+    for s in stack.status(home).services:
+        cmdlines.append(Path(f"/proc/{s.pid}/cmdline").read_bytes().decode(errors="replace"))
+    for secret in secrets_of(env):
+        for text in outputs + logs + cmdlines:
+            assert secret not in text
+
+
+@pytest.mark.integration
+def test_console_script_status(home, env):
+    """The real entry point knows the group; its output holds no credential."""
+    tipsv2_bin = Path(sys.executable).with_name("tipsv2")
+    res = subprocess.run(
+        [str(tipsv2_bin), "stack", "--home", str(home), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert env["AWS_ENDPOINT_URL"] in res.stdout and env["MLFLOW_TRACKING_URI"] in res.stdout
+    for secret in secrets_of(env):
+        assert secret not in res.stdout + res.stderr
+
+
+@pytest.mark.integration
+def test_configure_loads_the_healthy_stack(home, env):
+    environ: dict[str, str] = {}
+    settings = configure(home, environ=environ)
+    assert (settings.storage, settings.tracking) == ("stack", "stack")
+    assert settings.storage_root == "s3://tipsv2"
+    assert settings.tracking_uri == env["MLFLOW_TRACKING_URI"]
+    for key in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "AWS_REQUEST_CHECKSUM_CALCULATION",
+    ):
+        assert environ[key] == env[key]
+    # What the caller set explicitly wins.
+    environ = {"MLFLOW_TRACKING_URI": "http://tracking.example"}
+    settings = configure(home, environ=environ)
+    assert settings.tracking == "environment"
+    assert environ["MLFLOW_TRACKING_URI"] == "http://tracking.example"
+    # And the stack can be switched off.
+    environ = {"TIPSV2_STACK": "off"}
+    settings = configure(home, environ=environ)
+    assert (settings.storage, settings.tracking) == ("embedded", "embedded")
+
+
+@pytest.fixture(scope="module")
+def logged_run(env, tmp_path_factory) -> tuple[str, str, bytes]:
+    """(experiment id, run id, artifact bytes) of a run logged through the tracking server."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp = client.create_experiment("stack-test")
+    run = client.create_run(exp)
+    client.log_metric(run.info.run_id, "train/loss", 0.5)
+    payload = tmp_path_factory.mktemp("artifact") / "notes.txt"
+    payload.write_bytes(b"hello from the stack test\n")
+    client.log_artifact(run.info.run_id, str(payload), artifact_path="report")
+    client.set_terminated(run.info.run_id)
+    return exp, run.info.run_id, payload.read_bytes()
+
+
+@pytest.mark.integration
+def test_mlflow_artifact_lands_in_the_s3_bucket(env, logged_run):
+    exp, run_id, payload = logged_run
+    uri = f"s3://mlflow/artifacts/{exp}/{run_id}/artifacts/report/notes.txt"
+    assert Storage(environ=env).read_bytes(uri) == payload
+
+
+@pytest.mark.integration
+def test_killed_service_is_restarted_by_up(home):
+    before = stack.status(home)
+    gw = before.service("s3")
+    os.killpg(gw.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while stack.status(home).service("s3").running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rc, out = tipsv2("stack", "--home", str(home), "status")
+    assert rc == 1 and "stopped" in out
+    rc, out = tipsv2("stack", "--home", str(home), "up")
+    assert rc == 0, out
+    assert "s3      started" in out and "mlflow  already running" in out
+    after = stack.status(home)
+    assert after.healthy
+    assert after.service("s3").url == gw.url  # same port: the env file stays valid
+
+
+@pytest.mark.integration
+def test_down_stops_everything_keeps_data_and_up_restores_it(home, env, logged_run):
+    pids = [s.pid for s in stack.status(home).services]
+    rc, out = tipsv2("stack", "--home", str(home), "down")
+    assert rc == 0 and out.count("stopped") == 2, out
+    for pid in pids:
+        stat_file = Path(f"/proc/{pid}/stat")
+        assert not stat_file.exists() or stat_file.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    assert list((home / "stack" / "run").iterdir()) == []
+    assert (home / "stack" / "s3" / "meta.db").is_file()
+    assert (home / "stack" / "mlflow.db").is_file()
+    rc, out = tipsv2("stack", "--home", str(home), "status")
+    assert rc == 1 and out.count("stopped") == 2
+    assert configure(home, environ={}).storage == "embedded"
+    assert tipsv2("stack", "--home", str(home), "down")[1].count("not running") == 2
+
+    rc, out = tipsv2("stack", "--home", str(home), "up")
+    assert rc == 0, out
+    assert read_env_file(home / "stack" / "stack.env") == env  # same ports and credentials
+    from mlflow import MlflowClient
+
+    exp, run_id, _ = logged_run
+    run = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).get_run(run_id)
+    assert run.data.metrics["train/loss"] == 0.5
+    names = Storage(environ=env).list_files(f"s3://mlflow/artifacts/{exp}")
+    assert f"{run_id}/artifacts/report/notes.txt" in names
+
+
+# --------------------------------------------------------------------------- no services
+
+
+@pytest.mark.unit
+def test_configure_without_a_stack_uses_embedded_defaults(tmp_path):
+    environ: dict[str, str] = {}
+    settings = configure(tmp_path / "h", environ=environ)
+    assert (settings.storage, settings.tracking) == ("embedded", "embedded")
+    assert settings.storage_root == str(tmp_path / "h" / "storage")
+    assert environ == {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'h' / 'mlflow.db'}"}
+    assert "AWS_ACCESS_KEY_ID" not in environ
+
+
+@pytest.mark.unit
+def test_a_stale_env_file_is_not_loaded(tmp_path):
+    """An env file whose services do not answer is ignored, credentials included."""
+    (tmp_path / "stack").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    (tmp_path / "stack" / "stack.env").write_text(
+        f"export AWS_ACCESS_KEY_ID=k\nexport AWS_SECRET_ACCESS_KEY=s\n"
+        f"export AWS_ENDPOINT_URL=http://127.0.0.1:{port}\n"
+        f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}\n"
+    )
+    environ: dict[str, str] = {}
+    settings = configure(tmp_path, environ=environ)
+    assert (settings.storage, settings.tracking) == ("embedded", "embedded")
+    assert set(environ) == {"MLFLOW_TRACKING_URI"}
+
+
+@pytest.mark.unit
+def test_read_env_file_forms(tmp_path):
+    path = tmp_path / "e.env"
+    path.write_text("# c\n\nexport A=1\nB = 'two'\nC=\"x=y\"\nnot a line\n")
+    assert read_env_file(path) == {"A": "1", "B": "two", "C": "x=y"}
+
+
+@pytest.mark.unit
+def test_status_of_a_stack_never_started(tmp_path):
+    st = stack.status(tmp_path)
+    assert not st.healthy
+    assert [(s.name, s.state, s.url) for s in st.services] == [
+        ("s3", "stopped", None),
+        ("mlflow", "stopped", None),
+    ]
+    assert stack.down(tmp_path) == {"s3": "not running", "mlflow": "not running"}
+
+
+@pytest.mark.unit
+def test_up_on_a_busy_port_fails_clearly(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        rc, out = tipsv2(
+            "stack", "--home", str(tmp_path), "up", "--services", "s3", "--s3-port", str(busy)
+        )
+    assert rc == 1
+    assert f"port {busy} on 127.0.0.1 is already in use" in out
+    assert not (tmp_path / "stack" / "run" / "s3.pid").exists()
+
+
+@pytest.mark.unit
+def test_stale_pid_file_counts_as_stopped(tmp_path):
+    run = tmp_path / "stack" / "run"
+    run.mkdir(parents=True)
+    (run / "s3.pid").write_text(f"{os.getpid()}\n")  # alive, but not a juicefs process
+    (run / "mlflow.pid").write_text("999999999\n")  # no such process
+    st = stack.status(tmp_path)
+    assert [s.state for s in st.services] == ["stopped", "stopped"]
