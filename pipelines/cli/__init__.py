@@ -10,9 +10,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipelines.cli import checkpoints, data, embed, evaluate, tokenizer, train, visualize
+from pipelines.cli import (
+    checkpoints,
+    data,
+    embed,
+    evaluate,
+    export,
+    stack,
+    tokenizer,
+    train,
+    visualize,
+)
 
-GROUPS = (data, train, evaluate, visualize, embed, checkpoints, tokenizer)
+GROUPS = (data, train, evaluate, export, visualize, embed, checkpoints, tokenizer, stack)
 
 DESCRIPTION = """\
 TIPSv2 platform: train, distill, evaluate, export and promote TIPSv2

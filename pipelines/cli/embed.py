@@ -45,8 +45,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="official tower .npz (tips_v2_oss_b14_vision.npz / _text.npz) "
-        "or a native checkpoint directory",
+        help="official tower .npz (tips_v2_oss_b14_vision.npz / _text.npz), a native "
+        "checkpoint directory, or an ONNX export directory (`tipsv2 export`) or one of its "
+        ".onnx files (e.g. image_encoder.int8.onnx), run with ONNX Runtime",
     )
     p.add_argument(
         "--variant",
@@ -58,11 +59,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
+def _onnx(args: argparse.Namespace) -> bool:
+    """True when --checkpoint is an ONNX export; those run on ONNX Runtime's CPU provider."""
+    from tipsv2_core.export import is_onnx_export
+
+    if not is_onnx_export(args.checkpoint):
+        return False
+    if args.device != "cpu":
+        raise ValueError(f"--device {args.device}: ONNX exports run on the CPU only")
+    return True
+
+
 def run_image(args: argparse.Namespace) -> int:
+    from tipsv2_core.export import load_onnx_vision
     from tipsv2_core.inference import embed_images, save_embeddings
     from tipsv2_core.models.io import load_vision
 
-    model = load_vision(args.checkpoint, args.variant).to(args.device)
+    if _onnx(args):
+        model = load_onnx_vision(args.checkpoint, args.variant)
+    else:
+        model = load_vision(args.checkpoint, args.variant).to(args.device)
     arrays = embed_images(model, args.images, args.image_size, args.batch_size, args.patch_tokens)
     out = save_embeddings(args.output, arrays, args.images)
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in arrays.items())
@@ -71,11 +87,13 @@ def run_image(args: argparse.Namespace) -> int:
 
 
 def run_text(args: argparse.Namespace) -> int:
+    from tipsv2_core.export import load_onnx_text
     from tipsv2_core.inference import embed_texts, save_embeddings
     from tipsv2_core.models.io import load_text
     from tipsv2_core.text import Tokenizer
 
-    model, _ = load_text(args.checkpoint, args.variant)
+    load = load_onnx_text if _onnx(args) else load_text
+    model, _ = load(args.checkpoint, args.variant)
     tokenizer = Tokenizer(args.tokenizer)
     if tokenizer.vocab_size > model.cfg.vocab_size:
         raise ValueError(

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+CHECKPOINT_HELP = (
+    "native checkpoint, official npz pair prefix, or an ONNX export directory (`tipsv2 "
+    "export`; segment uses its image_values graph) or one of its .onnx files"
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     seg = sub.add_parser(
@@ -14,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "values trick, sliding window) and write the image with one colour per class.",
     )
     seg.add_argument("image")
-    seg.add_argument("--checkpoint", required=True)
+    seg.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     seg.add_argument("--variant", default=None)
     seg.add_argument("--classes", required=True, help='comma-separated, e.g. "cat,dog,grass"')
     seg.add_argument(
@@ -31,11 +36,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Project the patch tokens on their first three principal components, as RGB.",
     )
     feat.add_argument("image")
-    feat.add_argument("--checkpoint", required=True)
+    feat.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     feat.add_argument("--variant", default=None)
     feat.add_argument("--image-size", type=int, default=448)
     feat.add_argument("--out", required=True, help="PNG")
     feat.set_defaults(handler=run_features)
+
+
+def _load(args: argparse.Namespace):
+    """A TIPSModel, or its ONNX Runtime stand-in for an export (tipsv2_core.export)."""
+    from tipsv2_core.export import is_onnx_export, load_onnx_model
+    from tipsv2_core.models.io import load_model
+
+    if is_onnx_export(args.checkpoint):
+        return load_onnx_model(args.checkpoint, args.variant)
+    return load_model(args.checkpoint, args.variant)
 
 
 def _open(path: str):
@@ -53,12 +68,11 @@ def run_segment(args: argparse.Namespace) -> int:
 
     from pipelines.cli.evaluate import find_tokenizer
     from tipsv2_core.eval.visualize import overlay, segment_image
-    from tipsv2_core.models.io import load_model
     from tipsv2_core.text import Tokenizer
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     image = _open(args.image)
-    model = load_model(args.checkpoint, args.variant)
+    model = _load(args)
     tokenizer = Tokenizer(find_tokenizer(args.checkpoint, args.tokenizer))
     labels = segment_image(
         model, tokenizer, image, classes, eval_size=args.eval_size, mode=args.mode
@@ -78,9 +92,8 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def run_features(args: argparse.Namespace) -> int:
     from tipsv2_core.eval.visualize import pca_features
-    from tipsv2_core.models.io import load_model
 
-    model = load_model(args.checkpoint, args.variant)
+    model = _load(args)
     pca_features(model, _open(args.image), args.image_size).save(args.out)
     print(json.dumps({"out": args.out}))
     return 0
