@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _splits(text: str) -> tuple[float, ...]:
@@ -46,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument("uri", help="dataset directory: a path or file:// URI")
     info.add_argument("--json", action="store_true", help="print the whole dataset card")
     info.set_defaults(handler=run_info)
+    register_gate(ops)
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -83,4 +85,134 @@ def run_info(args: argparse.Namespace) -> int:
     if gen:
         print(f"generator {gen.get('name')} seed={gen.get('seed')} size={gen.get('image_size')}")
     print(f"classes   {len(info.class_names)}: {', '.join(info.class_names)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# `data validate|tokenizer|version|remote`: the validation gate, the tokenizer artifact and
+# DVC versioning (components.validate / .tokenizer / .versioning). Heavy imports (GX, DVC,
+# sentencepiece) stay inside the handlers.
+
+
+def register_gate(ops: argparse._SubParsersAction) -> None:
+    """Adds the gate, tokenizer and versioning subcommands to `tipsv2 data`."""
+    val = ops.add_parser(
+        "validate",
+        help="validation gate: expectations on a dataset's manifest and card",
+        description=(
+            "Run the Great Expectations suites on a dataset's manifest, class coverage and "
+            "card (keys, captions, image sizes, split shares, reject and duplicate rates). "
+            "Writes validation.json and validation.html; exits 1 listing the failed "
+            "expectations with example rows, so a pipeline stops before training. Only the "
+            "metadata is read (for s3:// it is downloaded, the shards are not)."
+        ),
+    )
+    val.add_argument("--data", required=True, help="dataset: a path, file:// or s3:// URI")
+    val.add_argument("--config", help="thresholds: a JSON or YAML file (default: built in)")
+    val.add_argument("--section", help="read the thresholds from this top-level key of --config")
+    val.add_argument(
+        "--out", help="folder (path or s3:// URI) for the report (default <data>/validation)"
+    )
+    val.set_defaults(handler=run_validate)
+
+    tok = ops.add_parser(
+        "tokenizer",
+        help="train a SentencePiece tokenizer on a dataset's captions (versioned artifact)",
+        description=(
+            "Train a SentencePiece model (pad 0, unk 1, no BOS/EOS, lowercased) on the "
+            "alt-text, medium and long captions of one split, and write tokenizer.model "
+            "plus tokenizer.json (its sha256, the dataset and manifest it came from) into "
+            "--out. The same dataset and settings give byte-identical files."
+        ),
+    )
+    tok.add_argument("--data", required=True, help="dataset: a path, file:// or s3:// URI")
+    tok.add_argument("--vocab-size", type=int, required=True, help="at most this many pieces")
+    tok.add_argument("--out", required=True, help="artifact folder: a path or s3:// URI")
+    tok.add_argument(
+        "--split", default="train", help="split whose captions are used; 'all' for every split"
+    )
+    tok.set_defaults(handler=run_tokenizer)
+
+    ver = ops.add_parser(
+        "version", help="print the DVC version id (md5) of a tracked dataset, for lineage"
+    )
+    ver.add_argument("path", help="a DVC-tracked output (dvc.lock) or `dvc add`ed path")
+    ver.add_argument(
+        "--no-check", action="store_true", help="skip the check that the workspace copy matches"
+    )
+    ver.set_defaults(handler=run_version)
+
+    rem = ops.add_parser(
+        "remote",
+        help="point the DVC repository's default remote at $TIPSV2_HOME or the stack's S3",
+        description=(
+            "Write .dvc/config.local (git-ignored): 'local' is $TIPSV2_HOME/dvc-remote, "
+            "'s3' is s3://tipsv2/dvc on the local stack's gateway (its credentials stay in "
+            "the stack's env file; `source` it before a plain `dvc push`). 'auto' picks s3 "
+            "when the stack runs."
+        ),
+    )
+    rem.add_argument("--kind", choices=("auto", "local", "s3"), default="auto")
+    rem.add_argument("--repo", default=".", help="the DVC repository (default: .)")
+    rem.set_defaults(handler=run_remote)
+
+
+def _fail(message: str) -> int:
+    print(f"tipsv2 data: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from components.storage import StorageError
+    from components.validate import ValidationConfig, load_config, validate
+
+    if args.section and not args.config:
+        return _fail("--section needs --config")
+    cfg = load_config(args.config, args.section) if args.config else ValidationConfig()
+    try:
+        result = validate(args.data, cfg, out=args.out)
+    except StorageError as e:
+        return _fail(str(e))
+    if not result.success:
+        print(result.message(), file=sys.stderr)
+        return 1
+    print(result.message())
+    return 0
+
+
+def run_tokenizer(args: argparse.Namespace) -> int:
+    from components.storage import StorageError
+    from components.tokenizer import build_tokenizer
+
+    split = None if args.split == "all" else args.split
+    try:
+        art = build_tokenizer(args.data, args.out, vocab_size=args.vocab_size, split=split)
+    except StorageError as e:
+        return _fail(str(e))
+    ds = art.info["dataset"]
+    print(
+        f"wrote {art.model_uri}: {art.vocab_size} pieces, sha256 {art.sha256[:16]}..., from "
+        f"{ds['num_captions']} captions ({args.split} split) of {args.data}"
+    )
+    return 0
+
+
+def run_version(args: argparse.Namespace) -> int:
+    from components.versioning import VersioningError, dataset_version
+
+    try:
+        print(dataset_version(args.path, check=not args.no_check))
+    except VersioningError as e:
+        return _fail(str(e))
+    return 0
+
+
+def run_remote(args: argparse.Namespace) -> int:
+    from components.versioning import VersioningError, configure_remote
+
+    try:
+        remote = configure_remote(args.repo, kind=args.kind)
+    except VersioningError as e:
+        return _fail(str(e))
+    print(f"DVC remote of {args.repo}: {remote.name} ({remote.url}), written to .dvc/config.local")
     return 0

@@ -1,0 +1,282 @@
+"""The DVC pipeline (dvc.yaml + params.yaml) and components.versioning.
+
+Integration: a temporary git clone-alike of the repository's DVC project (never the
+repository itself) runs `dvc repro` of synth -> validate -> tokenizer with the default
+parameters, pushes to the real S3 gateway of a local stack, and an empty clone pulls the
+same bytes back; `dvc exp run -S` gives a new dataset hash; a failing gate stops the
+pipeline. Unit: the committed DVC files, .gitignore, and `dataset_version`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from components import stack
+from components.settings import read_env_file
+from components.storage import Storage
+from components.versioning import (
+    LOCAL_REMOTE,
+    S3_REMOTE,
+    Remote,
+    VersioningError,
+    configure_remote,
+    dataset_version,
+    dvc_environment,
+    pull,
+    push,
+    run_dvc,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore")
+PROJECT_FILES += (".gitignore",)
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "tipsv2-test",
+    "GIT_AUTHOR_EMAIL": "test@localhost",
+    "GIT_COMMITTER_NAME": "tipsv2-test",
+    "GIT_COMMITTER_EMAIL": "test@localhost",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_IDENTITY}
+    done = subprocess.run(
+        ["git", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def tree_digests(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def lock(repo: Path) -> dict:
+    return yaml.safe_load((repo / "dvc.lock").read_text())
+
+
+def out_md5(repo: Path, stage: str) -> str:
+    return lock(repo)["stages"][stage]["outs"][0]["md5"]
+
+
+# ------------------------------------------------------------------------------ unit
+
+
+@pytest.mark.unit
+def test_committed_dvc_config_has_no_credentials_or_machine_paths():
+    text = (ROOT / ".dvc" / "config").read_text()
+    for needle in ("127.0.0.1", "localhost", "access_key", "secret", "endpointurl"):
+        assert needle not in text
+    for needle in ("/work", "/home", "/root", "/tmp", "/var"):
+        assert needle not in text
+    assert "remote = local" in text and "analytics = false" in text
+    assert "url = ../.tipsv2/dvc-remote" in text and "url = s3://tipsv2/dvc" in text
+    assert (ROOT / ".dvc" / ".gitignore").read_text().split() == ["/config.local", "/tmp", "/cache"]
+
+
+@pytest.mark.unit
+def test_pipeline_stages_call_the_cli_with_small_defaults():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == ["synth", "validate", "tokenizer"]
+    for name, stage in stages.items():
+        assert stage["cmd"].startswith("tipsv2 data "), name
+        assert stage["outs"] == [f"data/{name}" if name != "validate" else "data/validation"]
+    assert "data/validation" in stages["tokenizer"]["deps"]  # the gate comes first
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["synth"]["num_images"] <= 500  # `dvc repro` in about a minute
+    assert set(params) >= {"synth", "validate", "tokenizer"}
+
+
+@pytest.mark.unit
+def test_gitignore_ignores_outputs_not_the_pipeline():
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+
+    for path in ("data/synth", "data/tokenizer/tokenizer.model", ".dvc/config.local",
+                 ".dvc/cache", ".dvc/tmp", ".tipsv2/dvc-remote"):  # fmt: skip
+        assert ignored(path), path
+    for path in ("dvc.yaml", "params.yaml", "dvc.lock", ".dvc/config", ".dvcignore"):
+        assert not ignored(path), path
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A folder DVC would call a repository, with a tracked dir `d` (2 files, 10 bytes)."""
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_text("hello")
+    (tmp_path / "d" / "b").write_text("world")
+    return tmp_path
+
+
+@pytest.mark.unit
+def test_dataset_version_from_a_dvc_file(repo):
+    (repo / "d.dvc").write_text(
+        "outs:\n- md5: 0123abcd.dir\n  size: 10\n  nfiles: 2\n  hash: md5\n  path: d\n"
+    )
+    assert dataset_version(repo / "d") == "0123abcd.dir"
+    (repo / "d" / "b").write_text("world, changed")
+    with pytest.raises(VersioningError, match=r"\(2 files, 19 bytes\) differs from d.dvc"):
+        dataset_version(repo / "d")
+    assert dataset_version(repo / "d", check=False) == "0123abcd.dir"
+
+
+@pytest.mark.unit
+def test_dataset_version_from_the_lock(repo, monkeypatch):
+    (repo / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  synth:\n    outs:\n    - path: d\n      hash: md5\n"
+        "      md5: feed.dir\n      size: 10\n      nfiles: 2\n"
+    )
+    monkeypatch.chdir(repo)
+    assert dataset_version("d") == "feed.dir"
+    assert dataset_version(repo / "d", repo=repo) == "feed.dir"
+    with pytest.raises(VersioningError, match="e: not tracked by DVC .*tracked outputs: d"):
+        dataset_version("e")
+    shutil.rmtree(repo / "d")
+    with pytest.raises(VersioningError, match="missing; run `dvc pull`"):
+        dataset_version("d")
+    with pytest.raises(VersioningError, match="not inside a DVC repository"):
+        dataset_version(repo.parent / "elsewhere", repo=repo.parent)
+
+
+# ------------------------------------------------------------------------------ integration
+
+
+@pytest.fixture(scope="module")
+def s3_home(tmp_path_factory) -> Path:
+    """TIPSV2_HOME of a gateway-only local stack, stopped after the module."""
+    home = tmp_path_factory.mktemp("dvchome")
+    assert stack.up(home, services=("s3",)) == {"s3": "started"}
+    yield home
+    stack.down(home)
+
+
+@pytest.fixture(scope="module")
+def env(s3_home) -> dict[str, str]:
+    """DVC's environment: the stack's S3 variables, none of the caller's."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "TIPSV2_"))}
+    base.update(GIT_IDENTITY, TIPSV2_HOME=str(s3_home))
+    return dvc_environment(s3_home, environ=base)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, env) -> Path:
+    """A git repository holding a copy of this repository's DVC project, after `dvc repro`."""
+    repo = tmp_path_factory.mktemp("dvcproject") / "repo"
+    for name in PROJECT_FILES:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, repo / name)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "pipeline")
+    start = time.monotonic()
+    run_dvc(["repro"], repo, env=env, timeout=600)
+    print(f"dvc repro in {time.monotonic() - start:.1f} s")
+    return repo
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_repro_runs_synth_validate_tokenizer(project, env):
+    stages = lock(project)["stages"]
+    assert list(stages) == ["synth", "validate", "tokenizer"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert stages["synth"]["params"]["params.yaml"]["synth"] == params["synth"]
+    version = dataset_version(project / "data" / "synth")
+    assert version == out_md5(project, "synth") and version.endswith(".dir")
+    manifest = pq.read_table(project / "data" / "synth" / "manifest.parquet")
+    assert manifest.num_rows == params["synth"]["num_images"]
+    report = json.loads((project / "data" / "validation" / "validation.json").read_text())
+    assert report["success"] is True
+    assert report["config"]["min_samples"] == params["validate"]["min_samples"]
+    info = json.loads((project / "data" / "tokenizer" / "tokenizer.json").read_text())
+    manifest_sha = hashlib.sha256((project / "data/synth/manifest.parquet").read_bytes())
+    assert info["dataset"]["manifest_sha256"] == manifest_sha.hexdigest()
+    assert info["dataset"]["uri"] == "data/synth"
+    assert info["requested_vocab_size"] == params["tokenizer"]["vocab_size"]
+    # Nothing changed: a second repro runs no stage and leaves the lock as it was.
+    before = (project / "dvc.lock").read_text()
+    again = run_dvc(["repro"], project, env=env).stdout
+    assert "Running stage" not in again
+    assert (project / "dvc.lock").read_text() == before
+    assert "up to date" in run_dvc(["status"], project, env=env).stdout
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_push_to_the_stack_and_pull_into_an_empty_clone(project, env, s3_home, tmp_path):
+    creds = read_env_file(s3_home / "stack" / "stack.env")
+    remote = configure_remote(project, "s3", env=env)
+    assert remote == Remote(S3_REMOTE, "s3://tipsv2/dvc")
+    local_config = (project / ".dvc" / "config.local").read_text()
+    assert "remote = s3" in local_config and creds["AWS_ENDPOINT_URL"] in local_config
+    for secret in (creds["AWS_ACCESS_KEY_ID"], creds["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in local_config
+        assert secret not in (project / ".dvc" / "config").read_text()
+    assert "pushed" in push(project, env=env)  # the default remote, now s3
+    objects = Storage(environ=env).list_files("s3://tipsv2/dvc")
+    md5 = out_md5(project, "synth")
+    assert f"files/md5/{md5[:2]}/{md5[2:]}" in objects
+    # The committed default remote, a folder below the project's own .tipsv2/, works too.
+    push(project, LOCAL_REMOTE, env=env)
+    assert (project / ".tipsv2" / "dvc-remote" / "files" / "md5").is_dir()
+
+    git(project, "add", "dvc.lock")
+    git(project, "commit", "-q", "-m", "lock")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(project), str(clone))
+    assert not (clone / "data").exists() and not (clone / ".dvc" / "cache").exists()
+    configure_remote(clone, "s3", env=env)
+    start = time.monotonic()
+    pulled = pull(clone, env=env)
+    print(f"dvc pull in {time.monotonic() - start:.1f} s: {pulled.strip().splitlines()[-1]}")
+    assert tree_digests(clone / "data") == tree_digests(project / "data")
+    for stage in ("synth", "tokenizer"):
+        name = "data/" + stage
+        assert dataset_version(clone / name) == dataset_version(project / name)
+    assert "up to date" in run_dvc(["status"], clone, env=env).stdout
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_failed_gate_stops_the_pipeline(project, env, tmp_path):
+    clone = tmp_path / "gate"
+    git(tmp_path, "clone", "-q", str(project), str(clone))
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["validate"]["min_samples"] = 100_000
+    (clone / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(VersioningError) as e:
+        run_dvc(["repro"], clone, env=env)
+    message = str(e.value)
+    assert "validation FAILED" in message
+    assert "expect_table_row_count_to_be_between(min_value=100000)" in message
+    assert "Running stage 'tokenizer'" not in message
+    assert not (clone / "data" / "tokenizer").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_exp_run_with_a_parameter_changes_the_dataset_hash(project, env):
+    before = dataset_version(project / "data" / "synth")
+    tok_before = out_md5(project, "tokenizer")
+    start = time.monotonic()
+    run_dvc(["exp", "run", "-S", "synth.num_images=120"], project, env=env, timeout=600)
+    print(f"dvc exp run in {time.monotonic() - start:.1f} s")
+    after = dataset_version(project / "data" / "synth")
+    assert after != before and out_md5(project, "tokenizer") != tok_before
+    assert yaml.safe_load((project / "params.yaml").read_text())["synth"]["num_images"] == 120
+    assert pq.read_table(project / "data" / "synth" / "manifest.parquet").num_rows == 120
