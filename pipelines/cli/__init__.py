@@ -16,13 +16,25 @@ from pipelines.cli import (
     embed,
     evaluate,
     export,
+    runs,
     stack,
     tokenizer,
     train,
     visualize,
 )
 
-GROUPS = (data, train, evaluate, export, visualize, embed, checkpoints, tokenizer, stack)
+GROUPS = (
+    data,
+    train,
+    evaluate,
+    export,
+    visualize,
+    embed,
+    checkpoints,
+    tokenizer,
+    stack,
+    runs,
+)
 
 DESCRIPTION = """\
 TIPSv2 platform: train, distill, evaluate, export and promote TIPSv2
