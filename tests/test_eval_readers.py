@@ -113,7 +113,7 @@ def _layouts(root):
     doc = {
         "images": [{"id": 1, "file_name": "1.jpg"}],
         "annotations": [{"image_id": 1, "caption": "c"}],
-    }  # noqa: E501
+    }
     (root / "coco/caps.json").write_text(json.dumps(doc))
     for split in ("train", "val"):
         _img(root / f"folder/{split}/cat/a.jpg")

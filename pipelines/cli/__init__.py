@@ -16,6 +16,7 @@ from pipelines.cli import (
     embed,
     evaluate,
     export,
+    models,
     runs,
     stack,
     tokenizer,
@@ -34,6 +35,7 @@ GROUPS = (
     tokenizer,
     stack,
     runs,
+    models,
 )
 
 DESCRIPTION = """\

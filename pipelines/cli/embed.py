@@ -47,7 +47,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         required=True,
         help="official tower .npz (tips_v2_oss_b14_vision.npz / _text.npz), a native "
         "checkpoint directory, or an ONNX export directory (`tipsv2 export`) or one of its "
-        ".onnx files (e.g. image_encoder.int8.onnx), run with ONNX Runtime",
+        ".onnx files (e.g. image_encoder.int8.onnx), run with ONNX Runtime, or a registered "
+        "model, models:/NAME@ALIAS or models:/NAME/VERSION (its export, downloaded once)",
     )
     p.add_argument(
         "--variant",
@@ -63,6 +64,12 @@ def _onnx(args: argparse.Namespace) -> bool:
     """True when --checkpoint is an ONNX export; those run on ONNX Runtime's CPU provider."""
     from tipsv2_core.export import is_onnx_export
 
+    if args.checkpoint.startswith("models:/"):
+        # A registered model: its export is fetched into $TIPSV2_HOME/cache (MLflow is
+        # imported only on this path), then loaded like any export directory.
+        from components.registry import resolve_model_uri
+
+        args.checkpoint = str(resolve_model_uri(args.checkpoint))
     if not is_onnx_export(args.checkpoint):
         return False
     if args.device != "cpu":
