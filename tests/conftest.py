@@ -10,6 +10,21 @@ from PIL import Image
 from tipsv2_core.models.tips import TIPSModel
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_tipsv2_home(tmp_path_factory):
+    """Embedded defaults (MLflow's SQLite file, storage) in a temporary home, never in the
+    checkout. Tests that start a local stack give it their own home."""
+    import os
+
+    saved = os.environ.get("TIPSV2_HOME")
+    os.environ["TIPSV2_HOME"] = str(tmp_path_factory.mktemp("tipsv2home"))
+    yield
+    if saved is None:
+        os.environ.pop("TIPSV2_HOME", None)
+    else:
+        os.environ["TIPSV2_HOME"] = saved
+
+
 def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
     """Gives every parameter (LayerScale, norms, position table, tokens…) random values.
 

@@ -1,9 +1,16 @@
-"""`tipsv2 train` and `tipsv2 distill`: the TIPSv2 recipe on one process."""
+"""`tipsv2 train` and `tipsv2 distill`: the TIPSv2 recipe on Ray Train (or one process).
+
+By default a run goes through Ray Train with one worker in an in-process Ray instance:
+the same code path as many workers on a cluster (`--workers`, `--ray-address`).
+`--no-ray` runs the loop directly in this process, for debugging.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +64,36 @@ def _common(p: argparse.ArgumentParser, default_recipe: str) -> None:
     )
     p.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    ray = p.add_argument_group("distributed (Ray Train)")
+    ray.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
+    ray.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (0: CPU, gloo)"
+    )
+    ray.add_argument("--cpus-per-worker", type=float, default=1.0)
+    ray.add_argument(
+        "--ray-address", default=None, help="an existing Ray cluster (default: start one here)"
+    )
+    ray.add_argument(
+        "--storage",
+        default=None,
+        help="Ray's run storage for checkpoints: a path or s3://bucket/prefix (default <out>/ray)",
+    )
+    ray.add_argument(
+        "--max-failures", type=int, default=0, help="worker-group restarts allowed (-1: no limit)"
+    )
+    ray.add_argument("--run-name", default=None, help="Ray run name (default: the --out folder)")
+    ray.add_argument(
+        "--no-ray", action="store_true", help="run the loop in this process, without Ray"
+    )
+    track = p.add_argument_group("tracking (MLflow)")
+    track.add_argument("--experiment", default="tipsv2", help="MLflow experiment (default tipsv2)")
+    track.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow server or sqlite:// URI (default: the local stack when it runs, "
+        "else sqlite under $TIPSV2_HOME)",
+    )
+    track.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
 def build_config(args: argparse.Namespace):
@@ -102,14 +139,82 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError("--data and --out are required (or use --dry-run)")
     if args.distill and not cfg.distill.teacher:
         raise ValueError("--teacher is required for distillation")
-    from tipsv2_core.train.runs import distill, pretrain
+    out = args.out.removeprefix("file://")
+    if args.no_ray:
+        from tipsv2_core.train.runs import distill, pretrain
 
-    run = distill if args.distill else pretrain
-    result = run(
-        cfg, args.out.removeprefix("file://"), resume=not args.no_resume, progress=not args.quiet
-    )
-    last = result.history[-1] if result.history else {}
+        run = distill if args.distill else pretrain
+        with contextlib.ExitStack() as stack:
+            hooks = {}
+            if tracking := _tracking(args):
+                from components.tracking import Tracker
+
+                tracker = stack.enter_context(Tracker(**tracking))
+                tracker.log_config(cfg, world_size=1)
+                hooks["on_log"] = tracker.as_callback()
+            result = run(cfg, out, resume=not args.no_resume, progress=not args.quiet, **hooks)
+        summary = {"steps": result.steps, "resumed_from": result.resumed_from}
+        history = result.history
+    else:
+        summary, history = _run_on_ray(args, cfg, out)
+    last = history[-1] if history else {}
     losses = {k.removeprefix("train/"): round(v, 4) for k, v in last.items() if k.endswith("loss")}
-    print(json.dumps({"out": str(result.out), "final": str(result.final), "steps": result.steps,
-                      "resumed_from": result.resumed_from, **losses}))  # fmt: skip
+    print(json.dumps({"out": str(Path(out).resolve()), "final": str(Path(out).resolve() / "final"),
+                      **summary, **losses}))  # fmt: skip
     return 0
+
+
+def _tracking(args: argparse.Namespace) -> dict:
+    """The rank-0 tracker's arguments, resolved here so that workers on other machines
+    log to the same place (components.tracking.Tracker)."""
+    if args.no_track:
+        return {}
+    from components.settings import configure
+    from components.tracking import resolve_tracking_uri
+
+    configure()
+    return {
+        "step": "distill" if args.distill else "train",
+        "experiment": args.experiment,
+        "tracking_uri": resolve_tracking_uri(args.tracking_uri),
+        "checkpoint_uri": str(Path(args.out).resolve()),
+    }
+
+
+def _run_on_ray(args: argparse.Namespace, cfg, out: str) -> tuple[dict, list[dict]]:
+    import sys
+
+    from components.ray_train import RayTrainSpec, train_on_ray
+    from tipsv2_core.train.checkpointing import latest_checkpoint
+
+    if args.no_resume and latest_checkpoint(Path(out)) is not None:
+        raise ValueError(
+            f"--no-resume: {out} already holds checkpoints, and a Ray run resumes from them "
+            "after a failure; choose a new --out (or remove its checkpoints/)"
+        )
+    spec = RayTrainSpec(
+        workers=args.workers,
+        use_gpu=args.gpus_per_worker > 0,
+        gpus_per_worker=args.gpus_per_worker or 1.0,
+        cpus_per_worker=args.cpus_per_worker,
+        address=args.ray_address,
+        storage=args.storage,
+        max_failures=args.max_failures,
+        run_name=args.run_name,
+        tracking=_tracking(args),
+    )
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    kind = "distill" if args.distill else "pretrain"
+    result = train_on_ray(cfg, out, kind, spec, progress=not args.quiet, on_event=say)
+    metrics_file = result.out / "metrics.jsonl"
+    history = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
+    first = next((a for a in reversed(result.attempts) if a["rank"] == 0), {})
+    summary = {
+        "steps": result.steps,
+        "resumed_from": first.get("resume_step", 0),
+        "workers": args.workers,
+        "attempts": sum(1 for a in result.attempts if a["rank"] == 0),
+        "storage": result.storage,
+        "ray_startup_s": round(result.startup_s, 1),
+    }
+    return summary, history

@@ -1,9 +1,16 @@
-"""The single-process training loop shared by pretraining and distillation.
+"""The training loop shared by pretraining and distillation, on one process or many.
 
 Per step: schedules (LR, weight decay, EMA momentum, teacher temperature) from the step
 number; `accum_steps` micro-batches; a finiteness check per loss term; gradient clipping;
 the optimiser step; the EMA update; metrics; checkpoints every `checkpoint_every` steps
 and at the end. A run resumes from its latest complete checkpoint by default.
+
+Data parallel when a `torch.distributed` process group is up (Ray Train sets one): a
+stage's `batch_size` is the global batch, each rank reads its own part of every batch
+(`ResumableBatchSampler` shards by rank), the contrastive loss sees every rank's
+negatives, and gradients are averaged over ranks before clipping, so W ranks with b
+samples each take the step one process takes with W·b. Rank 0 alone writes the run
+directory (checkpoints, metrics, final model); the other ranks wait for it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from tipsv2_core import distributed as dist
 from tipsv2_core.config import TrainConfig, to_dict, validate
 from tipsv2_core.data.train_dataset import ResumableBatchSampler, TrainDataset, collate
 from tipsv2_core.data.views import ViewConfig
@@ -88,7 +96,7 @@ def make_loader(
         d.text_max_len,
         cfg.run.seed,
     )
-    micro = stage.batch_size // cfg.optim.accum_steps
+    micro = stage.batch_size // (cfg.optim.accum_steps * world)  # this rank's part
     sampler = ResumableBatchSampler(
         len(ds), micro, cfg.run.seed, stage_idx, start_batch, rank, world
     )
@@ -101,6 +109,39 @@ def make_loader(
         persistent_workers=False,
     )
     return iter(loader)
+
+
+def sync_gradients(module: nn.Module) -> None:
+    """Averages every parameter's gradient over ranks (a no-op on one process).
+
+    One flat all-reduce rather than one per tensor: on CPU/gloo the per-call latency,
+    not the bytes, dominates for small models.
+    """
+    if not dist.is_distributed():
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= dist.world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_parameters(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (same seed, but never rely on it)."""
+    if not dist.is_distributed():
+        return
+    for t in [*module.parameters(), *module.buffers()]:
+        torch.distributed.broadcast(t.data, src=0)
+
+
+def _barrier() -> None:
+    if dist.is_distributed():
+        torch.distributed.barrier()
 
 
 def _move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -117,19 +158,38 @@ def run_training(
     progress: bool = True,
     extra_meta: dict[str, Any] | None = None,
     stop_after: int | None = None,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+    on_checkpoint: Callable[[Path | None, int], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> TrainResult:
     """Trains `build_arch(cfg)` (TIPSv2MetaArch or DistillMetaArch) into `out`.
 
     `stop_after` ends the run early after that many steps *of this call* (used to test
-    interruption); checkpoints are still written on schedule.
+    interruption); checkpoints are still written on schedule. On rank 0, `on_log(row)`
+    receives every metrics row as it is written to metrics.jsonl (a tracker), and every
+    rank calls `on_checkpoint(path, step)` once a checkpoint is complete (path on rank 0,
+    None elsewhere: Ray Train's report must be called by all ranks). `device`
+    overrides `cfg.run.device` (Ray Train hands each worker its own).
     """
     validate(cfg)
+    rank, world = dist.rank(), dist.world_size()
+    micro_check = [s.batch_size % (cfg.optim.accum_steps * world) for s in cfg.stages]
+    if any(micro_check):
+        raise ValueError(
+            f"every stage's batch_size must divide by accum_steps × workers "
+            f"({cfg.optim.accum_steps} × {world}); got {[s.batch_size for s in cfg.stages]}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.run.device)
+    device = torch.device(device) if device is not None else resolve_device(cfg.run.device)
     torch.manual_seed(cfg.run.seed)
-    tokenizer = ensure_tokenizer(cfg, out)
+    if rank == 0:  # one writer for the run's tokenizer; the others then find it
+        tokenizer = ensure_tokenizer(cfg, out)
+    _barrier()
+    if rank != 0:
+        tokenizer = ensure_tokenizer(cfg, out)
     arch = build_arch(cfg).to(device)
+    broadcast_parameters(arch)
     opt = build_optimizer(arch.trainable_modules(), cfg.optim)
     meta = {
         "config": to_dict(cfg),
@@ -137,7 +197,8 @@ def run_training(
         "tokenizer": tokenizer.name,
         **(extra_meta or {}),
     }
-    (out / "config.json").write_text(json.dumps(meta["config"], indent=2) + "\n")
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(meta["config"], indent=2) + "\n")
 
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
@@ -146,13 +207,20 @@ def run_training(
     total = cfg.total_steps
     history: list[dict[str, float]] = []
     metrics_file = out / "metrics.jsonl"
-    if start == 0 and metrics_file.exists():
-        metrics_file.unlink()  # a fresh run starts a fresh log
+    if metrics_file.exists() and rank == 0:
+        # A fresh run starts a fresh log; a resumed one drops the rows logged after its
+        # checkpoint (they are about to be computed again), so every step appears once.
+        kept = [
+            line
+            for line in metrics_file.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= start
+        ]
+        metrics_file.write_text("".join(f"{line}\n" for line in kept))
 
     bar = tqdm(
         total=total,
         initial=start,
-        disable=not progress,
+        disable=not progress or rank != 0,
         desc=cfg.recipe,
         unit="step",
         dynamic_ncols=True,
@@ -168,7 +236,13 @@ def run_training(
         if idx != stage_idx:  # a new resolution stage (or the first): rebuild the loader
             stage_start = sum(s.steps for s in cfg.stages[:idx])
             it = make_loader(
-                cfg, idx, (step - stage_start) * cfg.optim.accum_steps, tokenizer, mask_ratio
+                cfg,
+                idx,
+                (step - stage_start) * cfg.optim.accum_steps,
+                tokenizer,
+                mask_ratio,
+                rank,
+                world,
             )
             stage_idx = idx
         lr = warmup_cosine(cfg.optim.lr, cfg.optim.min_lr, warmup, step, total)
@@ -189,12 +263,17 @@ def run_training(
             for name, v in parts.items():
                 terms[name] = terms.get(name, 0.0) + float(v) / cfg.optim.accum_steps
             terms["loss"] = terms.get("loss", 0.0) + float(loss.detach()) / cfg.optim.accum_steps
-            seen += batch["global_crops"].shape[0]
+            seen += batch["global_crops"].shape[0] * world
+        if world > 1:  # every rank logs, checks and stops on the same (mean) numbers
+            names = sorted(terms)
+            vec = dist.all_reduce_mean(torch.tensor([terms[n] for n in names], dtype=torch.float64))
+            terms = dict(zip(names, vec.tolist(), strict=True))
         bad = [name for name, v in terms.items() if not math.isfinite(v)]
         if bad:
             raise FloatingPointError(
                 f"{bad[0]} is {terms[bad[0]]} at step {step + 1}; stopping (no checkpoint written)"
             )
+        sync_gradients(arch.trainable_modules())
         if cfg.optim.clip_grad > 0:
             terms["grad_norm"] = float(
                 torch.nn.utils.clip_grad_norm_(
@@ -222,8 +301,11 @@ def run_training(
             }
             t_last, seen = now, 0
             history.append(row)
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            if rank == 0:
+                with open(metrics_file, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                if on_log is not None:
+                    on_log(row)
             bar.set_postfix(
                 {
                     k: f"{terms[k]:.3f}"
@@ -234,10 +316,18 @@ def run_training(
             )
         bar.update(1)
         if done % cfg.run.checkpoint_every == 0 or done == total:
-            save_training_checkpoint(out, done, arch, opt, meta, cfg.run.keep_checkpoints)
+            path = None
+            if rank == 0:
+                path = save_training_checkpoint(
+                    out, done, arch, opt, meta, cfg.run.keep_checkpoints
+                )
+            _barrier()
+            if on_checkpoint is not None:  # on every rank: Ray's report is collective
+                on_checkpoint(path, done)
     bar.close()
     done = max(end, start)
     final = out / "final"
-    if done == total:
+    if done == total and rank == 0:
         save_model(arch.student, final, {"step": done, **meta})
+    _barrier()
     return TrainResult(out=out, final=final, steps=done, resumed_from=start, history=history)

@@ -1,4 +1,7 @@
-"""Entry points: `pretrain` (TIPSv2 recipe) and `distill` (frozen teacher -> new student)."""
+"""Entry points: `pretrain` (TIPSv2 recipe) and `distill` (frozen teacher -> new student).
+
+Keyword arguments pass through to `run_training` (hooks, device, stop_after).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,286 @@
+"""Pretraining and distillation on Ray Train: one worker on a laptop, many on a cluster.
+
+A `TorchTrainer` runs `tipsv2_core`'s training loop on every worker. Ray sets up the
+process group (gloo on CPU, NCCL on GPU); the loop then shards each global batch by rank,
+gathers contrastive negatives from every rank and averages gradients (see
+`tipsv2_core/train/loop.py`). So the distributed run is the same loop as `--no-ray`.
+
+Checkpoints: rank 0 writes each one into the run directory (`<out>/checkpoints/step_N`,
+COMPLETE last) and every rank then reports it to Ray Train, which persists it to the run's
+storage (`storage`: a local path, default `<out>/ray`, or `s3://bucket/prefix` on any S3
+endpoint from `AWS_ENDPOINT_URL`). On a (re)start, each worker first restores Ray's latest
+checkpoint into the run directory when that is newer than what the directory holds, then
+the loop resumes from the newest complete checkpoint. This covers a worker killed in the
+middle of a run (`FailureConfig(max_failures)` restarts the group), a relaunch of the same
+run name, and a worker landing on a node whose disk never saw the run.
+
+Every worker start is appended to `<out>/attempts.jsonl` (rank, pid, node, the step it
+resumed from): the record of failures and restarts an operator reads first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tipsv2_core.config import TrainConfig, from_dict, to_dict
+
+Kind = Literal["pretrain", "distill"]
+# Environment for Ray on machines without a way out, and for S3 gateways that reject
+# streaming checksums (pyarrow's uploads of Ray checkpoints); DESIGN §5.
+RAY_ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
+}
+ATTEMPTS_FILE = "attempts.jsonl"
+
+
+@dataclass
+class RayTrainSpec:
+    """How to run: workers and their resources, where, and how to survive failures."""
+
+    workers: int = 1
+    use_gpu: bool = False
+    gpus_per_worker: float = 1.0  # with use_gpu
+    cpus_per_worker: float = 1.0
+    address: str | None = None  # an existing cluster ("auto", "ray://…", "host:port")
+    storage: str | None = None  # Ray's run storage; default <out>/ray
+    max_failures: int = 0
+    run_name: str | None = None  # default: the run directory's name
+    tracking: dict[str, Any] = field(default_factory=dict)  # passed to the rank-0 tracker
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures must be -1 (no limit) or more, got {self.max_failures}")
+
+
+@dataclass
+class RayTrainResult:
+    out: Path
+    final: Path
+    steps: int
+    storage: str
+    checkpoint: str | None  # Ray's copy of the last checkpoint
+    attempts: list[dict[str, Any]]  # every worker start of this call, in order
+    metrics: dict[str, Any]
+    startup_s: float  # ray.init + trainer construction, before the first worker runs
+    fit_s: float
+
+
+def storage_target(storage: str) -> tuple[str, Any]:
+    """(storage_path, pyarrow filesystem or None) for Ray's RunConfig.
+
+    `s3://bucket/prefix` uses the endpoint and credentials of the standard AWS variables,
+    never parameters (DESIGN §4); a plain path or `file://` is made absolute.
+    """
+    if storage.startswith("s3://"):
+        from pyarrow import fs
+
+        endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+        kw: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kw |= {"endpoint_override": host or scheme, "scheme": scheme if host else "https"}
+        return storage.removeprefix("s3://").rstrip("/"), fs.S3FileSystem(**kw)
+    return str(Path(storage.removeprefix("file://")).resolve()), None
+
+
+def _restore_into(out: Path, checkpoint: Any) -> int | None:
+    """Copies Ray's checkpoint into out/checkpoints/step_N unless a complete one is there.
+
+    Returns the step it holds. Each rank copies into its own temporary folder and renames
+    it into place, so ranks sharing a disk never see a half-copied checkpoint.
+    """
+    from tipsv2_core.checkpoint import is_complete
+    from tipsv2_core.train.checkpointing import checkpoint_dir
+
+    with checkpoint.as_directory() as src:
+        meta = json.loads((Path(src) / "meta.json").read_text())
+        step = int(meta["step"])
+        target = checkpoint_dir(out, step)
+        if not is_complete(target):
+            tmp = target.with_name(f".{target.name}.restore-{os.getpid()}")
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another rank on this disk got there first
+                shutil.rmtree(tmp, ignore_errors=True)
+    return step
+
+
+def _latest_local_step(out: Path) -> int:
+    from tipsv2_core.train.checkpointing import latest_checkpoint
+
+    latest = latest_checkpoint(out)
+    return int(latest.name.removeprefix("step_")) if latest is not None else 0
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """The function each Ray Train worker runs."""
+    import ray
+    import ray.train
+
+    cfg = from_dict(config["cfg"])
+    out = Path(config["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    restored = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        restored = _restore_into(out, ckpt)
+    with open(out / ATTEMPTS_FILE, "a") as f:
+        entry = {
+            "launch": config["launch"],
+            "rank": rank,
+            "world": ctx.get_world_size(),
+            "pid": os.getpid(),
+            "node": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "ray_checkpoint_step": restored,
+            "resume_step": _latest_local_step(out),
+            "time": time.time(),
+        }
+        f.write(json.dumps(entry) + "\n")
+
+    last: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        tracker = None
+        if rank == 0 and config.get("tracking"):  # one writer: rank 0 tracks the run
+            from components.tracking import Tracker
+
+            tracker = stack.enter_context(Tracker(**config["tracking"]))
+            tracker.log_config(cfg, world_size=ctx.get_world_size())
+        _run_worker(config, cfg, out, rank, tracker, last)
+
+
+def _run_worker(
+    config: dict[str, Any], cfg: TrainConfig, out: Path, rank: int, tracker: Any, last: dict
+) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from tipsv2_core.train.runs import distill, pretrain
+
+    def on_log(row: dict[str, float]) -> None:
+        last.update(row)
+        if tracker is not None:
+            tracker.log_step(row)
+
+    def on_checkpoint(path: Path | None, step: int) -> None:
+        from ray.train import Checkpoint
+
+        metrics = {"step": step, **{k: v for k, v in last.items() if k != "step"}}
+        checkpoint = Checkpoint.from_directory(str(path)) if path is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:08d}")
+        if tracker is not None and path is not None:
+            tracker.set_checkpoint_uri(str(path))
+
+    run = distill if config["kind"] == "distill" else pretrain
+    run(
+        cfg,
+        out,
+        resume=True,
+        progress=config.get("progress", False) and rank == 0,
+        on_log=on_log,
+        on_checkpoint=on_checkpoint,
+        device=ray.train.torch.get_device(),
+    )
+
+
+def _init_ray(spec: RayTrainSpec) -> None:
+    import ray
+
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    if spec.address:
+        ray.init(address=spec.address, log_to_driver=False)
+    else:
+        cpus = max(int(spec.workers * spec.cpus_per_worker), os.cpu_count() or 1)
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+
+
+def train_on_ray(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    kind: Kind = "pretrain",
+    spec: RayTrainSpec | None = None,
+    progress: bool = False,
+    on_event: Callable[[str], None] | None = None,
+) -> RayTrainResult:
+    """Runs pretraining or distillation of `cfg` into `out` on Ray Train.
+
+    Resumes when `out` (or Ray's storage for the run name) holds a checkpoint. Raises
+    `ray.train.TrainingFailedError` when the workers fail more than `max_failures` times.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    spec = spec or RayTrainSpec()
+    out = Path(str(out).removeprefix("file://")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    say = on_event or (lambda _msg: None)
+    launch = uuid.uuid4().hex[:12]  # tells this call's worker starts from earlier ones
+    t0 = time.perf_counter()
+    _init_ray(spec)
+    storage = spec.storage or str(out / "ray")
+    storage_path, filesystem = storage_target(storage)
+    resources = {"CPU": spec.cpus_per_worker}
+    if spec.use_gpu:
+        resources["GPU"] = spec.gpus_per_worker
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={
+            "cfg": to_dict(cfg),
+            "out": str(out),
+            "kind": kind,
+            "progress": progress,
+            "tracking": spec.tracking,
+            "launch": launch,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=spec.workers, use_gpu=spec.use_gpu, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=spec.run_name or out.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=max(cfg.run.keep_checkpoints, 1)),
+        ),
+    )
+    startup = time.perf_counter() - t0
+    say(f"ray: {spec.workers} worker(s), storage {storage}, start-up {startup:.1f} s")
+    result = trainer.fit()
+    fit_s = time.perf_counter() - t0 - startup
+    attempts = [
+        entry
+        for line in (out / ATTEMPTS_FILE).read_text().splitlines()
+        if line and (entry := json.loads(line))["launch"] == launch
+    ]
+    return RayTrainResult(
+        out=out,
+        final=out / "final",
+        steps=int(result.metrics.get("step", 0)) if result.metrics else 0,
+        storage=storage,
+        checkpoint=result.checkpoint.path if result.checkpoint is not None else None,
+        attempts=attempts,
+        metrics=dict(result.metrics or {}),
+        startup_s=startup,
+        fit_s=fit_s,
+    )

@@ -1,0 +1,207 @@
+"""Ray Train: fault tolerance with a real kill, relaunch, and a real two-node cluster.
+
+Every run goes through the real `tipsv2 train` console script. The reference is an
+uninterrupted Ray run with the same seed: the loop is exactly resumable, so a run that
+loses a worker (or its driver) and resumes from a checkpoint must end with the very same
+weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tipsv2_core.data.synth_dataset import write_synthetic_dataset
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+TIPSV2 = str(Path(sys.executable).with_name("tipsv2"))
+RAY = str(Path(sys.executable).with_name("ray"))
+STEPS, EVERY = 40, 5
+TINY = {
+    "stages.0.steps": STEPS,
+    "stages.0.batch_size": 8,
+    "run.checkpoint_every": EVERY,
+    "run.keep_checkpoints": 20,
+    "run.log_every": 5,
+    "data.workers": 0,
+    "heads.out_dim": 256,
+    "heads.hidden_dim": 64,
+    "heads.bottleneck_dim": 32,
+}
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("raydata") / "synth"
+    return write_synthetic_dataset(out, 160, 112, seed=5, progress=False)
+
+
+def train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    cmd = [TIPSV2, "train", "--recipe", "demo", "--data", str(data), "--out", str(out)]
+    for key, value in TINY.items():
+        cmd += ["--set", f"{key}={value}"]
+    return [*cmd, "--quiet", "--no-track", *extra]
+
+
+def summary_of(res: subprocess.CompletedProcess) -> dict:
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "final" / "model.safetensors")
+
+
+def attempts(run: Path) -> list[dict]:
+    path = run / "attempts.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def checkpointed(run: Path, step: int) -> bool:
+    return (run / "checkpoints" / f"step_{step:08d}" / "COMPLETE").is_file()
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory) -> dict[str, torch.Tensor]:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    res = subprocess.run(train_cmd(data, out), capture_output=True, text=True, env=ENV)
+    summary = summary_of(res)
+    assert summary["steps"] == STEPS and summary["resumed_from"] == 0
+    assert summary["attempts"] == 1 and summary["ray_startup_s"] > 0
+    return weights(out)
+
+
+def test_a_killed_worker_is_restarted_and_resumes_from_the_checkpoint(data, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        train_cmd(data, out, "--max-failures", "1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    wait_for(lambda: checkpointed(out, EVERY), 300, "the first checkpoint")
+    victim = attempts(out)[0]["pid"]
+    os.kill(victim, signal.SIGKILL)  # the Ray Train worker process itself
+    stdout, stderr = proc.communicate(timeout=600)
+    summary = summary_of(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    assert summary["steps"] == STEPS and summary["attempts"] == 2
+    first, second = attempts(out)
+    assert first["pid"] == victim and second["pid"] != victim
+    # The restarted worker continued from a checkpoint, not from step 0 ...
+    assert second["resume_step"] >= EVERY and second["resume_step"] % EVERY == 0
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(5, STEPS + 1, 5))  # each logged once, none lost
+    # ... and ended exactly where the uninterrupted run did.
+    final = weights(out)
+    assert final.keys() == reference.keys()
+    assert all(torch.equal(final[k], reference[k]) for k in final)
+
+
+def test_a_relaunch_of_the_same_run_resumes(data, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        train_cmd(data, out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+        start_new_session=True,
+    )
+    wait_for(lambda: checkpointed(out, 2 * EVERY), 300, "the second checkpoint")
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its in-process Ray go down
+    proc.wait(timeout=60)
+    assert not (out / "final").exists()
+    res = subprocess.run(train_cmd(data, out), capture_output=True, text=True, env=ENV)
+    summary = summary_of(res)
+    assert summary["resumed_from"] >= 2 * EVERY and summary["steps"] == STEPS
+    final = weights(out)
+    assert all(torch.equal(final[k], reference[k]) for k in final)
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    """Stops the Ray processes of this test's cluster only (`ray stop` would stop every
+    Ray on the machine)."""
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in p.info["cmdline"] or ()):
+                procs.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        p.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_through_the_ray_jobs_api(data, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths
+    port, dash = _free_port(), _free_port()
+    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    head = [RAY, "start", "--head", "--port", str(port), "--temp-dir", temp_dir, *common]
+    head += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
+    head += ["--dashboard-port", str(dash)]
+    try:
+        subprocess.run(head, check=True, capture_output=True, env=ENV, timeout=180)
+        worker = [RAY, "start", "--address", f"127.0.0.1:{port}", *common]
+        subprocess.run(worker, check=True, capture_output=True, env=ENV, timeout=180)
+        client = JobSubmissionClient(f"http://127.0.0.1:{dash}")
+        out = tmp_path / "run"
+        cmd = train_cmd(data, out, "--workers", "2", "--ray-address", "auto")
+        job = client.submit_job(
+            entrypoint=" ".join(cmd),
+            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+        )
+        end = time.monotonic() + 600
+        while (status := client.get_job_status(job)) not in {
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.STOPPED,
+        }:
+            assert time.monotonic() < end, "the job did not finish in 10 minutes"
+            time.sleep(1)
+        logs = client.get_job_logs(job)
+        assert status == JobStatus.SUCCEEDED, logs[-3000:]
+        summary = json.loads(logs.strip().splitlines()[-1])
+        assert summary["workers"] == 2 and summary["steps"] == STEPS
+        ranks = {a["rank"]: a for a in attempts(out)}
+        assert set(ranks) == {0, 1}
+        # One worker per node: each node has one CPU and each worker asks for one.
+        assert ranks[0]["node_id"] != ranks[1]["node_id"]
+        assert (out / "final" / "COMPLETE").is_file()
+    finally:
+        _stop_cluster(temp_dir)
