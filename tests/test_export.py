@@ -358,3 +358,29 @@ def test_cli_export_parity_failure_exits_1(cli_export, tmp_path):
     assert res.returncode == 1
     assert "ONNX parity check failed (fp32)" in res.stderr
     assert not out.exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_cli_export_reports_accuracy_per_precision_and_eval_runs_exports(cli_export, tmp_path):
+    from tipsv2_core.data.synth_dataset import write_synthetic_dataset
+
+    ckpt, _, _ = cli_export
+    data = write_synthetic_dataset(tmp_path / "synth", 200, 112, seed=2, progress=False)
+    out = tmp_path / "onnx8"
+    args = ["export", "--checkpoint", str(ckpt), "--out", str(out), "--image-size", "112"]
+    args += ["--int8", "--eval-dataset", str(data), "--eval-limit", "8", "--eval-size", "112"]
+    accuracy = json.loads(run(*args).stdout)["accuracy"]
+    assert accuracy == json.loads((out / "accuracy.json").read_text())
+    miou = "eval/zeroshot_seg/synth-val/miou"
+    assert 0 <= accuracy[f"native/{miou}"] <= 1
+    assert abs(accuracy[f"export/fp32/{miou}"]) < 1e-6  # fp32 graphs: the same predictions
+    assert f"export/int8/{miou}" in accuracy and "export/int8/eval/retrieval/synth-val/i2t_r@1" in (
+        accuracy
+    )
+    # `tipsv2 eval` runs an export like a checkpoint, with the same numbers in fp32.
+    ev = ["eval", "--dataset", str(data), "--tasks", "zeroshot_seg", "--limit", "8", "--quiet"]
+    ev += ["--eval-size", "112", "--mode", "whole"]
+    native = json.loads(run(*ev, "--checkpoint", str(ckpt)).stdout)
+    exported = json.loads(run(*ev, "--checkpoint", str(out)).stdout)
+    assert exported[miou] == pytest.approx(native[miou], abs=1e-6)

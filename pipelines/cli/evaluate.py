@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "--checkpoint", required=True, help="native checkpoint or official npz pair prefix"
+        "--checkpoint",
+        required=True,
+        help="native checkpoint, official npz pair prefix, or ONNX export (dir or .onnx file)",
     )
     p.add_argument("--variant", default=None)
     p.add_argument("--dataset", required=True, help="dataset directory (or COCO caption .json)")
@@ -75,6 +77,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_eval)
 
 
+def load_eval_model(checkpoint: str, variant: str | None):
+    """A native checkpoint, an official npz pair, or an ONNX export (directory, or one
+    `.onnx` file such as image_encoder.int8.onnx for that precision) run on ONNX Runtime."""
+    from tipsv2_core.export import is_onnx_export, load_onnx_model
+    from tipsv2_core.models.io import load_model
+
+    if is_onnx_export(checkpoint):
+        return load_onnx_model(checkpoint, variant)
+    return load_model(checkpoint, variant)
+
+
 def find_tokenizer(checkpoint: str, given: str | None) -> Path:
     if given:
         return Path(given)
@@ -93,7 +106,6 @@ def run_eval(args: argparse.Namespace) -> int:
     from tipsv2_core.eval.predictions import PredictionWriter
     from tipsv2_core.eval.protocol import run_evaluation
     from tipsv2_core.eval.readers.resolve import open_eval_views, open_train_views
-    from tipsv2_core.models.io import load_model
     from tipsv2_core.text import Tokenizer
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -116,7 +128,7 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         for t in TRAIN_TASKS & set(tasks):
             train.view_for(t, args.train_dataset or args.dataset)
-    model = load_model(args.checkpoint, args.variant)
+    model = load_eval_model(args.checkpoint, args.variant)
     needs_text = {"zeroshot_seg", "retrieval", "classification"} & set(tasks)
     tokenizer = Tokenizer(find_tokenizer(args.checkpoint, args.tokenizer)) if needs_text else None
     common = {"device": args.device, "progress": not args.quiet}

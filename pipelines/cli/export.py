@@ -52,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="skip the image_values graph (then the export cannot run `tipsv2 segment`)",
     )
     p.add_argument("--tolerance", type=float, default=None, help="fp32 max abs diff (1e-4)")
+    p.add_argument(
+        "--eval-dataset",
+        default=None,
+        help="also measure each precision's metric change on this dataset (accuracy.json)",
+    )
+    p.add_argument("--eval-limit", type=int, default=50, help="images of --eval-dataset used")
+    p.add_argument("--eval-size", type=int, default=224, help="image size for --eval-dataset")
     p.set_defaults(handler=run_export)
 
 
@@ -92,5 +99,17 @@ def run_export(args: argparse.Namespace) -> int:
     except ParityError as e:
         print(f"tipsv2 export: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(result.summary(), indent=2))
+    summary = result.summary()
+    if args.eval_dataset:
+        from components.export import accuracy_deltas
+
+        summary["accuracy"] = accuracy_deltas(
+            args.checkpoint,
+            result.path,
+            args.eval_dataset,
+            limit=args.eval_limit,
+            image_size=args.eval_size,
+            eval_size=args.eval_size,
+        )
+    print(json.dumps(summary, indent=2))
     return 0
