@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print the whole dataset card")
     info.set_defaults(handler=run_info)
     register_gate(ops)
+    register_curate(ops)
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -215,4 +216,63 @@ def run_remote(args: argparse.Namespace) -> int:
     except VersioningError as e:
         return _fail(str(e))
     print(f"DVC remote of {args.repo}: {remote.name} ({remote.url}), written to .dvc/config.local")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# `data curate`: image-text sources -> a curated dataset (components.curate, Ray Data).
+
+
+def register_curate(ops: argparse._SubParsersAction) -> None:
+    """Adds `tipsv2 data curate` to the data command group."""
+    cur = ops.add_parser(
+        "curate",
+        help="curate image-text sources into a dataset (Ray Data)",
+        description=(
+            "Read image folders with sidecar captions (x.jpg + x.txt/x.json), WebDataset tar "
+            "shards, CSV/Parquet manifests and COCO caption JSON (paths, file:// or s3://); "
+            "decode and verify every image, convert to RGB, filter sizes, normalise captions, "
+            "fill missing caption fields, drop exact and near duplicates, split by key hash, "
+            "and write shards + manifest.parquet + dataset_card.json + rejected.parquet "
+            "atomically. Bad records are rejected with a reason, never fatal; a bad source "
+            "or config stops the run before any work. Prints a summary and a JSON line."
+        ),
+    )
+    cur.add_argument(
+        "--source", action="append", required=True, metavar="URI",
+        help="a folder, .tar shard (or folder of them), .csv/.parquet manifest or COCO .json; "
+        "repeat for several",
+    )  # fmt: skip
+    cur.add_argument("--out", required=True, help="dataset directory: a path, file:// or s3://")
+    cur.add_argument("--config", help="curation rules: a JSON or YAML file (default: built in)")
+    cur.add_argument(
+        "--workers", type=int, default=None,
+        help="Ray workers (default: the CPU count); 0 runs in this process without Ray",
+    )  # fmt: skip
+    cur.add_argument("--ray-address", help="an existing Ray cluster (default: start one here)")
+    cur.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cur.set_defaults(handler=run_curate)
+
+
+def run_curate(args: argparse.Namespace) -> int:
+    import os
+
+    from components.curate import curate
+    from components.storage import StorageError
+
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    try:
+        result = curate(
+            args.source,
+            args.out,
+            args.config,
+            workers=workers,
+            ray_address=args.ray_address,
+            progress=not args.no_progress,
+        )
+    except StorageError as e:  # e.g. rejected S3 credentials while uploading
+        print(f"tipsv2 data curate: error: {e}", file=sys.stderr)
+        return 2
+    print(result.summary)
+    print(json.dumps(result.to_json()))
     return 0
