@@ -622,8 +622,12 @@ def write_jpeg(path: Path, img: Image.Image, **kw) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory) -> tuple[Path, list[str], dict[str, int], int]:
+    return build_mixed_sources(tmp_path_factory.mktemp("mixed"))
+
+
+def build_mixed_sources(root: Path) -> tuple[Path, list[str], dict[str, int], int]:
     """Four sources of every kind with known bad records: (root, uris, rejects, accepted)."""
-    root = tmp_path_factory.mktemp("mixed")
+    root.mkdir(parents=True, exist_ok=True)
     seed = iter(range(100, 1000))
     # --- folder: 8 good (2 with json sidecars), plus one of each kind of bad record
     web = root / "web"

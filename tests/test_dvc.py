@@ -280,3 +280,43 @@ def test_exp_run_with_a_parameter_changes_the_dataset_hash(project, env):
     assert after != before and out_md5(project, "tokenizer") != tok_before
     assert yaml.safe_load((project / "params.yaml").read_text())["synth"]["num_images"] == 120
     assert pq.read_table(project / "data" / "synth" / "manifest.parquet").num_rows == 120
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_curate_into_the_gateway_validate_push_and_pull(
+    project, env, s3_home, tmp_path, monkeypatch
+):
+    """The issue's whole data path: mixed sources curated into S3, the gate on the S3
+    copy, the dataset versioned with DVC, pushed, and pulled into an empty clone."""
+    from components.curate import curate
+    from components.validate import ValidationConfig, validate
+    from tests.test_curation import build_mixed_sources
+
+    creds = read_env_file(s3_home / "stack" / "stack.env")
+    for key, value in creds.items():
+        monkeypatch.setenv(key, value)
+    _, uris, _, accepted = build_mixed_sources(tmp_path / "raw")
+    out = "s3://tipsv2/curated/e2e"
+    result = curate(uris, out, workers=0, progress=False)
+    assert result.num_samples == accepted
+    # The planted bad records make a high reject rate: that threshold is the user's call.
+    gate = validate(out, ValidationConfig(max_reject_rate=0.9, max_duplicate_rate=0.9))
+    assert gate.success, [c.name for c in gate.failures]
+    store = Storage(environ=env)
+    assert "validation/validation.json" in store.list_files(out)
+
+    # Tracked with `dvc add` outside data/ (the stages' git-ignored outputs).
+    store.get_directory(out, project / "curated")
+    run_dvc(["add", "curated"], project, env=env)
+    version = dataset_version(project / "curated")
+    configure_remote(project, "s3", env=env)
+    push(project, env=env)
+    git(project, "add", "curated.dvc", ".gitignore")
+    git(project, "commit", "-q", "-m", "curated")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(project), str(clone))
+    configure_remote(clone, "s3", env=env)
+    run_dvc(["pull", "curated.dvc"], clone, env=env)  # the stages' outputs are not the point
+    assert tree_digests(clone / "curated") == tree_digests(project / "curated")
+    assert dataset_version(clone / "curated") == version
