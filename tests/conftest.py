@@ -25,6 +25,26 @@ def _private_tipsv2_home(tmp_path_factory):
         os.environ["TIPSV2_HOME"] = saved
 
 
+@pytest.fixture(scope="module")
+def s3_home(tmp_path_factory):
+    """TIPSV2_HOME of a gateway-only local stack (the real S3 gateway on 127.0.0.1, with
+    its own credentials), stopped after the module."""
+    from components import stack
+
+    home = tmp_path_factory.mktemp("s3home")
+    assert stack.up(home, services=("s3",)) == {"s3": "started"}
+    yield home
+    stack.down(home)
+
+
+@pytest.fixture(scope="module")
+def s3_env(s3_home) -> dict[str, str]:
+    """The gateway's env file (credentials, endpoint, region) and its TIPSV2_HOME."""
+    from components.settings import read_env_file
+
+    return read_env_file(s3_home / "stack" / "stack.env") | {"TIPSV2_HOME": str(s3_home)}
+
+
 def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
     """Gives every parameter (LayerScale, norms, position table, tokens…) random values.
 

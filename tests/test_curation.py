@@ -825,18 +825,6 @@ def test_same_output_with_and_without_ray(mixed, ray_local, tmp_path):
     assert digest(outs[0]) == digest(outs[1]) == digest(outs[2])
 
 
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory) -> dict[str, str]:
-    """A gateway-only local stack (the real S3 gateway), stopped after the module."""
-    from components import stack
-    from components.settings import read_env_file
-
-    home = tmp_path_factory.mktemp("s3home")
-    assert stack.up(home, services=("s3",)) == {"s3": "started"}
-    yield read_env_file(home / "stack" / "stack.env") | {"TIPSV2_HOME": str(home)}
-    stack.down(home)
-
-
 @pytest.mark.integration
 def test_s3_source_and_output(mixed, s3_env, tmp_path, monkeypatch):
     from components.storage import default_storage

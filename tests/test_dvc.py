@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from components import stack
 from components.settings import read_env_file
 from components.storage import Storage
 from components.versioning import (
@@ -154,15 +153,6 @@ def test_dataset_version_from_the_lock(repo, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ integration
-
-
-@pytest.fixture(scope="module")
-def s3_home(tmp_path_factory) -> Path:
-    """TIPSV2_HOME of a gateway-only local stack, stopped after the module."""
-    home = tmp_path_factory.mktemp("dvchome")
-    assert stack.up(home, services=("s3",)) == {"s3": "started"}
-    yield home
-    stack.down(home)
 
 
 @pytest.fixture(scope="module")

@@ -207,26 +207,18 @@ def test_two_nodes_through_the_ray_jobs_api(data, tmp_path):
         _stop_cluster(temp_dir)
 
 
-def test_checkpoints_persist_to_s3_on_the_stack_gateway(data, tmp_path):
-    from components import stack
-    from components.settings import read_env_file
+def test_checkpoints_persist_to_s3_on_the_stack_gateway(data, s3_env, tmp_path):
     from components.storage import Storage
 
-    home = tmp_path / "home"
-    assert stack.up(home, services=("s3",)) == {"s3": "started"}
-    try:
-        s3_env = read_env_file(home / "stack" / "stack.env")
-        env = {**ENV, **s3_env}
-        out = tmp_path / "run"
-        cmd = train_cmd(data, out, "--storage", "s3://tipsv2/ray", "--run-name", "s3run")
-        cmd[cmd.index("stages.0.steps=40")] = "stages.0.steps=10"
-        summary = summary_of(subprocess.run(cmd, capture_output=True, text=True, env=env))
-        assert summary["storage"] == "s3://tipsv2/ray" and summary["steps"] == 10
-        files = Storage(environ=s3_env).list_files("s3://tipsv2/ray/s3run")
-        # Ray's copies of the checkpoints at steps 5 and 10, each complete.
-        for step in (5, 10):
-            assert f"step_{step:08d}/COMPLETE" in files and f"step_{step:08d}/meta.json" in files
-        secret = s3_env["AWS_SECRET_ACCESS_KEY"]
-        assert all(secret not in p.read_text(errors="ignore") for p in out.rglob("*.json*"))
-    finally:
-        stack.down(home)
+    out = tmp_path / "run"
+    cmd = train_cmd(data, out, "--storage", "s3://tipsv2/ray", "--run-name", "s3run")
+    cmd[cmd.index("stages.0.steps=40")] = "stages.0.steps=10"
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, **s3_env})
+    summary = summary_of(res)
+    assert summary["storage"] == "s3://tipsv2/ray" and summary["steps"] == 10
+    files = Storage(environ=s3_env).list_files("s3://tipsv2/ray/s3run")
+    # Ray's copies of the checkpoints at steps 5 and 10, each complete.
+    for step in (5, 10):
+        assert f"step_{step:08d}/COMPLETE" in files and f"step_{step:08d}/meta.json" in files
+    secret = s3_env["AWS_SECRET_ACCESS_KEY"]
+    assert all(secret not in p.read_text(errors="ignore") for p in out.rglob("*.json*"))

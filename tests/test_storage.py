@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ResponseStreamingError
 
-from components import stack, storage
-from components.settings import configure, read_env_file
+from components import storage
+from components.settings import configure
 from components.storage import (
     AccessDenied,
     MiB,
@@ -193,21 +193,6 @@ def test_part_size_below_the_s3_minimum_is_refused():
 
 
 # --------------------------------------------------------------------------- S3
-
-
-@pytest.fixture(scope="module")
-def s3_home(tmp_path_factory) -> Path:
-    """TIPSV2_HOME of a gateway-only stack, stopped after the module."""
-    home = tmp_path_factory.mktemp("s3home")
-    assert stack.up(home, services=("s3",)) == {"s3": "started"}
-    yield home
-    stack.down(home)
-
-
-@pytest.fixture(scope="module")
-def s3_env(s3_home) -> dict[str, str]:
-    """The gateway's env file: credentials, endpoint, region."""
-    return read_env_file(s3_home / "stack" / "stack.env")
 
 
 @pytest.fixture

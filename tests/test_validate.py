@@ -23,8 +23,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components import stack
-from components.settings import read_env_file
 from components.storage import Storage
 from components.validate import (
     ValidationConfig,
@@ -420,15 +418,6 @@ def test_console_script_exits_nonzero(good, tmp_path):
 
 
 # ------------------------------------------------------------------------------ S3
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory) -> dict[str, str]:
-    """A gateway-only local stack; its env file (credentials, endpoint)."""
-    home = tmp_path_factory.mktemp("valhome")
-    stack.up(home, services=("s3",))
-    yield read_env_file(home / "stack" / "stack.env")
-    stack.down(home)
 
 
 @pytest.mark.integration
