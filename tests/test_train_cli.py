@@ -68,3 +68,25 @@ def test_synth_train_embed_distill(tmp_path):
     assert run(*distill, *sets(data__num_local=0, stages__0__steps=6))["steps"] == 6
     last = run(*distill, *sets(data__num_local=0, stages__0__steps=10))
     assert last["resumed_from"] == 6 and last["steps"] == 10  # extended from its final step
+
+
+def test_training_is_tracked_in_mlflow_with_lineage(tmp_path):
+    """The embedded default: MLflow in SQLite under TIPSV2_HOME (set per test session)."""
+    data = tmp_path / "synth"
+    run("data", "synth", "--num-images", "48", "--image-size", "112", "--out", str(data))
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--quiet", "--no-ray"]
+    run(*args, "--experiment", "lineage-test", *sets(stages__0__steps=4))
+    listed = subprocess.run(
+        [TIPSV2, "runs", "list", "--experiment", "lineage-test", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    (step,) = [r for r in json.loads(listed.stdout) if r["tags"].get("step") == "train"]
+    assert step["status"] == "FINISHED" and step["parent_run_id"]
+    assert step["params"]["model.variant"] == "nano14" and step["params"]["stages.0.steps"] == "4"
+    assert step["tags"]["data_version"].startswith("manifest-sha256:")
+    assert step["tags"]["checkpoint_uri"] == str(out.resolve())
+    assert {"train/loss", "train/clip_loss", "train/lr", "train/images_per_s"} <= set(
+        step["metrics"]
+    )

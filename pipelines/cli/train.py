@@ -113,7 +113,25 @@ def build_config(args: argparse.Namespace):
         if args.student_variant:
             cfg.model.variant = args.student_variant
     apply_overrides(cfg, args.set)
+    if cfg.data.path and not cfg.run.data_version:
+        cfg.run.data_version = data_version_of(cfg.data.path)
     return validate(cfg)
+
+
+def data_version_of(path: str) -> str:
+    """The dataset's DVC md5 when DVC tracks it, else the sha256 of its manifest: what
+    checkpoints and MLflow record as `data_version` (lineage, DESIGN §4)."""
+    import hashlib
+
+    from components.versioning import VersioningError, dataset_version
+
+    try:
+        return dataset_version(path)
+    except (VersioningError, OSError, ValueError):
+        manifest = Path(path) / "manifest.parquet"
+        if not manifest.is_file():
+            return ""  # not a dataset directory: the loader will say so
+        return "manifest-sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
 
 
 def run_train(args: argparse.Namespace) -> int:
