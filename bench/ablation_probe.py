@@ -1,6 +1,7 @@
 """Why the ablation's dense metrics sit at chance: what the encoders did learn, and when.
 
-Runs after `bench/ablation.py` on its TIPSv2 runs (every seed) and measures, on frozen
+Runs after `bench/ablation.py` on some of its rows (default: the TIPS baseline and
+TIPSv2, every seed) and measures, on frozen
 CLS1 features with weighted kNN (k = 10), two attributes of each image's largest object:
 
 - its **colour** (12 values, named in every caption, independent of the class), and
@@ -75,6 +76,7 @@ def probe(model, tokenizer, test, train, captions) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", default="runs/ablation/full", help="bench/ablation.py's folder")
+    ap.add_argument("--rows", default="tips_baseline,tipsv2", help="ablation rows to probe")
     args = ap.parse_args(argv)
     root = Path(args.out)
     data = root / "data"
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         for a in ATTRIBUTES
     }
     rows = []
-    runs = sorted((root / "runs" / "tipsv2").glob("seed*"))
+    names = args.rows.split(",")
+    runs = [r for name in names for r in sorted((root / "runs" / name).glob("seed*"))]
     for run in runs:
         tokenizer = Tokenizer(run / "tokenizer.model")
         ckpts = sorted((run / "checkpoints").glob("step_*"))
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 model = load_model(path)
             scores = probe(model, tokenizer, test, train, captions)
-            row = {"seed": run.name, "point": label, **scores}
+            name = "random init" if path is None else f"{run.parent.name} {label}"
+            row = {"row": run.parent.name, "seed": run.name, "point": name, **scores}
             rows.append(row)
             print(row, flush=True)
 
