@@ -52,7 +52,9 @@ class RayTrainSpec:
     workers: int = 1
     use_gpu: bool = False
     gpus_per_worker: float = 1.0  # with use_gpu
-    cpus_per_worker: float = 1.0
+    # None: on a Ray started here, the machine's cores shared out between the workers
+    # (one worker gets them all, as the bare loop would); on a cluster, 1.
+    cpus_per_worker: float | None = None
     address: str | None = None  # an existing cluster ("auto", "ray://…", "host:port")
     storage: str | None = None  # Ray's run storage; default <out>/ray
     max_failures: int = 0
@@ -62,6 +64,9 @@ class RayTrainSpec:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.cpus_per_worker is None:
+            local = max(1, (os.cpu_count() or 1) // self.workers)
+            self.cpus_per_worker = 1.0 if self.address else float(local)
         if self.max_failures < -1:
             raise ValueError(f"max_failures must be -1 (no limit) or more, got {self.max_failures}")
 
@@ -131,9 +136,12 @@ def _worker_loop(config: dict[str, Any]) -> None:
     """The function each Ray Train worker runs."""
     import ray
     import ray.train
+    import torch
 
     cfg = from_dict(config["cfg"])
     out = Path(config["out"])
+    # Ray limits a worker's OpenMP threads to its CPUs; say the same to torch explicitly.
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
     out.mkdir(parents=True, exist_ok=True)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -251,6 +259,7 @@ def train_on_ray(
             "progress": progress,
             "tracking": spec.tracking,
             "launch": launch,
+            "cpus_per_worker": spec.cpus_per_worker,
         },
         scaling_config=ScalingConfig(
             num_workers=spec.workers, use_gpu=spec.use_gpu, resources_per_worker=resources

@@ -41,6 +41,7 @@ import errno
 import fcntl
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -477,10 +478,30 @@ def _port_free(port: int) -> bool:
     return True
 
 
+# Ports are drawn below the kernel's ephemeral range (where it picks the source port of
+# every outgoing connection, and port 0 binds) and above Ray's worker ports (10002-19999):
+# a port the stack used stays free between `down` and the next `up`, so its URLs, and
+# the env file, survive a restart.
+PORT_RANGE = (20000, 32000)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _free_port(exclude: Collection[int] = ()) -> int:
-    """A port nothing listens on; `exclude` holds ports already handed out (the probe
-    socket closes, so the kernel may offer the same port twice in a row)."""
-    while True:
+    """A free port from PORT_RANGE (below the ephemeral range); `exclude` holds ports
+    already handed out in this call."""
+    low, high = PORT_RANGE[0], min(PORT_RANGE[1], _ephemeral_low() - 1)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(low, high)
+        if port not in exclude and _port_free(port):
+            return port
+    while True:  # a crowded range: let the kernel choose
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((HOST, 0))
             port = int(s.getsockname()[1])

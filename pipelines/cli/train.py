@@ -69,7 +69,12 @@ def _common(p: argparse.ArgumentParser, default_recipe: str) -> None:
     ray.add_argument(
         "--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (0: CPU, gloo)"
     )
-    ray.add_argument("--cpus-per-worker", type=float, default=1.0)
+    ray.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=None,
+        help="CPUs per worker (default: this machine's cores shared out; 1 on a cluster)",
+    )
     ray.add_argument(
         "--ray-address", default=None, help="an existing Ray cluster (default: start one here)"
     )
