@@ -17,7 +17,7 @@ UV_VERSION := 0.13.9
 # or it fetches a multi-GB CUDA torch instead of the CPU wheel.
 FIND_LINKS := $(foreach d,$(PIP_FIND_LINKS),--find-links $(d))
 
-.PHONY: install test lint format lock bench demo clean
+.PHONY: install test lint format lock bench demo run clean
 
 install: $(STAMP)
 
@@ -57,6 +57,10 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	bash scripts/demo.sh
+
+# The whole pipeline (data -> ... -> promote) locally on kfp.local, embedded defaults.
+run: $(STAMP)
+	$(BIN)/tipsv2 run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

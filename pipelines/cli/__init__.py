@@ -17,6 +17,7 @@ from pipelines.cli import (
     evaluate,
     export,
     models,
+    pipeline,
     runs,
     stack,
     tokenizer,
@@ -36,6 +37,7 @@ GROUPS = (
     stack,
     runs,
     models,
+    pipeline,
 )
 
 DESCRIPTION = """\
