@@ -1,8 +1,9 @@
 """Ray Train on this machine: images/s with 1 and 2 workers vs the bare trainer.
 
-Three contenders train the same config on the same synthetic data, one after another in
+Four contenders train the same config on the same synthetic data, one after another in
 this process's session: the loop called directly (`tipsv2 train --no-ray`), Ray Train
-with one worker, and Ray Train with two workers (one CPU each, gloo). Throughput is
+with one worker on every core (the default), one worker on one core, and two workers on
+one core each (gloo). Throughput is
 measured from each run's own metrics rows after the first logging interval (start-up,
 compilation of the data path), so it is the steady-state rate; Ray's start-up (ray.init,
 the trainer, the worker group) is reported apart, as seconds to the first step.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -67,12 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     bare_s = time.perf_counter() - t
     rows.append({"case": "bare trainer", "workers": 1, "img_s": steady_rate(root / "bare"),
                  "wall_s": bare_s, "startup_s": 0.0})  # fmt: skip
-    for workers in (1, 2):
-        out = root / f"ray{workers}"
+    cores = os.cpu_count() or 1
+    # (workers, CPUs each): one worker with every core (the default of `tipsv2 train`),
+    # one with a single core, and the cores split between two workers (gloo DDP).
+    for workers, cpus in ((1, cores), (1, 1), (2, max(1, cores // 2))):
+        out = root / f"ray{workers}x{cpus}"
+        spec = RayTrainSpec(workers, cpus_per_worker=cpus)
         t = time.perf_counter()
-        res = train_on_ray(config(data, steps, args.batch), out, spec=RayTrainSpec(workers))
+        res = train_on_ray(config(data, steps, args.batch), out, spec=spec)
         wall = time.perf_counter() - t
-        rows.append({"case": f"Ray Train, {workers} worker(s)", "workers": workers,
+        rows.append({"case": f"Ray Train, {workers} × {cpus} CPU", "workers": workers,
                      "img_s": steady_rate(out), "wall_s": wall, "startup_s": res.startup_s,
                      "fit_s": res.fit_s})  # fmt: skip
     base = rows[0]["img_s"]
@@ -84,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         r["fixed_s"] = r["wall_s"] - steps * args.batch / r["img_s"]
         print(f"{r['case']:<26} {r['img_s']:8.1f} {r['ratio_vs_bare']:7.2f}× {r['wall_s']:8.1f} "
               f"{r['fixed_s']:8.1f}")  # fmt: skip
-    efficiency = rows[2]["img_s"] / (2 * rows[1]["img_s"])
+    efficiency = rows[3]["img_s"] / (2 * rows[2]["img_s"])  # 2 × 1 CPU over 1 × 1 CPU
     overhead = rows[1]["fixed_s"] - rows[0]["fixed_s"]
-    print(f"\n2-worker scaling efficiency vs 1 worker: {efficiency:.0%}")
+    print(f"\n2 workers × 1 CPU vs 1 worker × 1 CPU, scaling efficiency: {efficiency:.0%}")
     print(f"Ray's fixed cost for a run (1 worker, Ray started by it): {overhead:.1f} s")
     path = write_results(
         "ray_scaling_quick" if args.quick else "ray_scaling",
