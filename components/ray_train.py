@@ -222,6 +222,22 @@ def _init_ray(spec: RayTrainSpec) -> None:
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
 
 
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with its local data, tokenizer and teacher paths made absolute. Ray's workers
+    run in their own working directory, where a path relative to the caller's (a DVC
+    stage's `data/synth`) names nothing. URIs (s3://...) are left as they are."""
+    cfg = from_dict(to_dict(cfg))
+
+    def absolute(path: str) -> str:
+        path = path.removeprefix("file://")
+        return path if not path or "://" in path else str(Path(path).resolve())
+
+    cfg.data.path = absolute(cfg.data.path)
+    cfg.data.tokenizer = absolute(cfg.data.tokenizer)
+    cfg.distill.teacher = absolute(cfg.distill.teacher)
+    return cfg
+
+
 def train_on_ray(
     cfg: TrainConfig,
     out: str | os.PathLike,
@@ -239,6 +255,7 @@ def train_on_ray(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     spec = spec or RayTrainSpec()
+    cfg = absolute_paths(cfg)
     out = Path(str(out).removeprefix("file://")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     say = on_event or (lambda _msg: None)

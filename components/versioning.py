@@ -264,8 +264,16 @@ def pull(
     repo: str | os.PathLike[str],
     remote: str | None = None,
     *,
+    targets: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> str:
-    """`dvc pull` (from `remote`, default: the repository's default); returns DVC's output."""
+    """`dvc pull` (from `remote`, default: the repository's default); returns DVC's output.
+
+    targets: stages to pull with the stages they depend on (`dvc pull --with-deps`), e.g.
+    `["tokenizer"]` for the data half of a pipeline whose training never ran; default
+    every output of dvc.yaml, which fails for outputs that were never produced.
+    """
     args = ["pull", *(["-r", remote] if remote else [])]
+    if targets:
+        args += ["--with-deps", *targets]
     return run_dvc(args, repo, env=env).stdout

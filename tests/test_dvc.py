@@ -1,10 +1,12 @@
 """The DVC pipeline (dvc.yaml + params.yaml) and components.versioning.
 
 Integration: a temporary git clone-alike of the repository's DVC project (never the
-repository itself) runs `dvc repro` of synth -> validate -> tokenizer with the default
-parameters, pushes to the real S3 gateway of a local stack, and an empty clone pulls the
-same bytes back; `dvc exp run -S` gives a new dataset hash; a failing gate stops the
-pipeline. Unit: the committed DVC files, .gitignore, and `dataset_version`.
+repository itself) runs `dvc repro tokenizer` (the data half: synth -> validate ->
+tokenizer) with the default parameters, pushes to the real S3 gateway of a local stack,
+and an empty clone pulls the same bytes back; `dvc exp run -S` gives a new dataset hash;
+a failing gate stops the pipeline; and the whole pipeline (train -> distill -> eval ->
+export) runs at smoke size as an experiment that `dvc exp show` compares. Unit: the
+committed DVC files, .gitignore, and `dataset_version`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -39,6 +42,14 @@ from components.versioning import (
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore")
 PROJECT_FILES += (".gitignore",)
+CODE = "tipsv2_core"  # training's code version is a dependency of its stages
+DATA_STAGES = ["synth", "validate", "tokenizer"]
+STUDENT = "nano14"
+ALL_STAGES = [*DATA_STAGES, "train", f"distill@{STUDENT}", "eval-teacher",
+              f"eval-student@{STUDENT}", "export"]  # fmt: skip
+# The whole pipeline in about a minute and a half: a few steps, a few images evaluated.
+SMOKE = ["train.steps=4", "train.batch_size=8", "distill.steps=4", "distill.batch_size=8",
+         "eval.limit=8"]  # fmt: skip
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "tipsv2-test",
     "GIT_AUTHOR_EMAIL": "test@localhost",
@@ -90,14 +101,23 @@ def test_committed_dvc_config_has_no_credentials_or_machine_paths():
 @pytest.mark.unit
 def test_pipeline_stages_call_the_cli_with_small_defaults():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == ["synth", "validate", "tokenizer"]
-    for name, stage in stages.items():
-        assert stage["cmd"].startswith("tipsv2 data "), name
-        assert stage["outs"] == [f"data/{name}" if name != "validate" else "data/validation"]
+    assert list(stages) == [*DATA_STAGES, "train", "distill", "eval-teacher", "eval-student",
+                            "export"]  # fmt: skip
+    for name in DATA_STAGES:
+        assert stages[name]["cmd"].startswith("tipsv2 data "), name
+        assert stages[name]["outs"] == [f"data/{name}" if name != "validate" else "data/validation"]
     assert "data/validation" in stages["tokenizer"]["deps"]  # the gate comes first
+    assert stages["train"]["cmd"].startswith("tipsv2 train ")
+    assert {"data/synth", "data/tokenizer", CODE} <= set(stages["train"]["deps"])
+    # One distillation and one evaluation per student, as the DAG's ParallelFor.
+    for name in ("distill", "eval-student"):
+        assert stages[name]["foreach"] == "${distill.students}"
+    assert stages["distill"]["do"]["cmd"].startswith("tipsv2 distill ")
+    assert stages["export"]["cmd"].startswith("tipsv2 export ")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert params["synth"]["num_images"] <= 500  # `dvc repro` in about a minute
-    assert set(params) >= {"synth", "validate", "tokenizer"}
+    assert params["synth"]["num_images"] <= 500  # the data half in about a minute
+    assert set(params) == {"synth", "validate", "tokenizer", "train", "distill", "eval", "export"}
+    assert params["distill"]["students"] == [STUDENT]
 
 
 @pytest.mark.unit
@@ -165,17 +185,19 @@ def env(s3_home) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, env) -> Path:
-    """A git repository holding a copy of this repository's DVC project, after `dvc repro`."""
+    """A git repository holding a copy of this repository's DVC project (and the code its
+    training stages depend on), after `dvc repro tokenizer`: the data half."""
     repo = tmp_path_factory.mktemp("dvcproject") / "repo"
     for name in PROJECT_FILES:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, repo / name)
+    shutil.copytree(ROOT / CODE, repo / CODE, ignore=shutil.ignore_patterns("__pycache__"))
     git(repo, "init", "-q")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "pipeline")
     start = time.monotonic()
-    run_dvc(["repro"], repo, env=env, timeout=600)
-    print(f"dvc repro in {time.monotonic() - start:.1f} s")
+    run_dvc(["repro", "tokenizer"], repo, env=env, timeout=600)
+    print(f"dvc repro tokenizer in {time.monotonic() - start:.1f} s")
     return repo
 
 
@@ -183,7 +205,7 @@ def project(tmp_path_factory, env) -> Path:
 @pytest.mark.slow
 def test_repro_runs_synth_validate_tokenizer(project, env):
     stages = lock(project)["stages"]
-    assert list(stages) == ["synth", "validate", "tokenizer"]
+    assert list(stages) == DATA_STAGES
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert stages["synth"]["params"]["params.yaml"]["synth"] == params["synth"]
     version = dataset_version(project / "data" / "synth")
@@ -200,10 +222,10 @@ def test_repro_runs_synth_validate_tokenizer(project, env):
     assert info["requested_vocab_size"] == params["tokenizer"]["vocab_size"]
     # Nothing changed: a second repro runs no stage and leaves the lock as it was.
     before = (project / "dvc.lock").read_text()
-    again = run_dvc(["repro"], project, env=env).stdout
+    again = run_dvc(["repro", "tokenizer"], project, env=env).stdout
     assert "Running stage" not in again
     assert (project / "dvc.lock").read_text() == before
-    assert "up to date" in run_dvc(["status"], project, env=env).stdout
+    assert "up to date" in run_dvc(["status", "tokenizer"], project, env=env).stdout
 
 
 @pytest.mark.integration
@@ -232,13 +254,13 @@ def test_push_to_the_stack_and_pull_into_an_empty_clone(project, env, s3_home, t
     assert not (clone / "data").exists() and not (clone / ".dvc" / "cache").exists()
     configure_remote(clone, "s3", env=env)
     start = time.monotonic()
-    pulled = pull(clone, env=env)
+    pulled = pull(clone, targets=["tokenizer"], env=env)  # the data half ran
     print(f"dvc pull in {time.monotonic() - start:.1f} s: {pulled.strip().splitlines()[-1]}")
     assert tree_digests(clone / "data") == tree_digests(project / "data")
     for stage in ("synth", "tokenizer"):
         name = "data/" + stage
         assert dataset_version(clone / name) == dataset_version(project / name)
-    assert "up to date" in run_dvc(["status"], clone, env=env).stdout
+    assert "up to date" in run_dvc(["status", "tokenizer"], clone, env=env).stdout
 
 
 @pytest.mark.integration
@@ -256,6 +278,7 @@ def test_failed_gate_stops_the_pipeline(project, env, tmp_path):
     assert "expect_table_row_count_to_be_between(min_value=100000)" in message
     assert "Running stage 'tokenizer'" not in message
     assert not (clone / "data" / "tokenizer").exists()
+    assert not (clone / "data" / "models").exists()
 
 
 @pytest.mark.integration
@@ -264,7 +287,8 @@ def test_exp_run_with_a_parameter_changes_the_dataset_hash(project, env):
     before = dataset_version(project / "data" / "synth")
     tok_before = out_md5(project, "tokenizer")
     start = time.monotonic()
-    run_dvc(["exp", "run", "-S", "synth.num_images=120"], project, env=env, timeout=600)
+    sweep = ["exp", "run", "tokenizer", "-S", "synth.num_images=120"]
+    run_dvc(sweep, project, env=env, timeout=600)
     print(f"dvc exp run in {time.monotonic() - start:.1f} s")
     after = dataset_version(project / "data" / "synth")
     assert after != before and out_md5(project, "tokenizer") != tok_before
@@ -310,3 +334,52 @@ def test_curate_into_the_gateway_validate_push_and_pull(
     run_dvc(["pull", "curated.dvc"], clone, env=env)  # the stages' outputs are not the point
     assert tree_digests(clone / "curated") == tree_digests(project / "curated")
     assert dataset_version(clone / "curated") == version
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_whole_pipeline_as_an_experiment_compared_by_exp_show(project, env, tmp_path):
+    """train -> distill -> eval -> export through `dvc exp run` at smoke size: the models
+    carry the DVC data version, the metrics reach `dvc exp show`, nothing re-runs when
+    nothing changed, and a change to the training code invalidates the training stages."""
+    clone = tmp_path / "whole"
+    git(tmp_path, "clone", "-q", str(project), str(clone))
+    start = time.monotonic()
+    run_dvc(["exp", "run", *[a for s in SMOKE for a in ("-S", s)]], clone, env=env, timeout=900)
+    print(f"dvc exp run of the whole pipeline in {time.monotonic() - start:.1f} s")
+
+    stages = lock(clone)["stages"]
+    assert list(stages) == ALL_STAGES
+    assert stages["train"]["params"]["params.yaml"]["train"]["steps"] == 4
+    assert CODE in [d["path"] for d in stages["train"]["deps"]]
+    data_version = out_md5(clone, "synth")
+    for model in ("teacher", f"student-{STUDENT}"):
+        meta = json.loads((clone / "data/models" / model / "final/meta.json").read_text())
+        assert meta["data_version"] == data_version, model
+    student = clone / f"data/models/student-{STUDENT}/final/meta.json"
+    student_meta = json.loads(student.read_text())
+    assert student_meta["variant"] == STUDENT
+    export = json.loads((clone / "data/export/export_meta.json").read_text())
+    assert (clone / "data/export/COMPLETE").is_file() and export["parity"]["passed"] is True
+    assert export["source_meta"]["data_version"] == data_version
+    assert (clone / "data/reports/teacher/report.html").is_file()
+
+    # The evaluations are DVC metrics, and the experiment shows them beside its params.
+    key = "eval/retrieval/synth-val/i2t_r@1"
+    metrics = json.loads(run_dvc(["metrics", "show", "--json"], clone, env=env).stdout)
+    shown = metrics[next(iter(metrics))]["data"]
+    for model in ("teacher", f"student-{STUDENT}"):
+        assert 0.0 <= shown[f"data/eval/{model}.json"]["data"][key] <= 1.0
+    table = json.loads(run_dvc(["exp", "show", "--json"], clone, env=env).stdout)
+    runs = [e for row in table for e in (row.get("experiments") or [])]
+    assert runs, "no experiment in `dvc exp show`"
+    exp = runs[0]["revs"][0]["data"]
+    assert exp["params"]["params.yaml"]["data"]["distill"]["steps"] == 4
+    assert key in exp["metrics"]["data/eval/teacher.json"]["data"]
+
+    # Nothing changed: nothing runs. A change to the code retrains (the code version).
+    assert "Running stage" not in run_dvc(["repro"], clone, env=env).stdout
+    with open(clone / CODE / "__init__.py", "a") as f:
+        f.write("\n# a change of the code\n")
+    status = run_dvc(["status", "train"], clone, env=env).stdout
+    assert status.startswith("train:") and re.search(rf"modified:\s+{CODE}\n", status), status
