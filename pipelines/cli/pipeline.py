@@ -226,6 +226,23 @@ def check_reachable(host: str, timeout: float = 10.0) -> None:
         raise ValueError(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from None
 
 
+@contextlib.contextmanager
+def _api_errors(host: str) -> Iterator[None]:
+    """An HTTP error from the KFP API (kfp_server_api's ApiException, a dump of headers and
+    body) as a ValueError naming the host, the status and the server's message."""
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        yield
+    except ApiException as e:
+        message = ""
+        with contextlib.suppress(TypeError, ValueError, AttributeError):
+            doc = json.loads(e.body)  # grpc-gateway: {"error", "code", "message", ...}
+            message = str(doc.get("message") or doc.get("error") or "")
+        where = f"Kubeflow Pipelines at {host} answered {e.status} {e.reason}"
+        raise ValueError(f"{where}: {message}" if message else where) from None
+
+
 def run_submit(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -236,8 +253,14 @@ def run_submit(args: argparse.Namespace) -> int:
     check_reachable(args.host, args.timeout)
     import kfp
 
-    client = kfp.Client(host=args.host, namespace=args.namespace or "kubeflow")
-    with tempfile.TemporaryDirectory(prefix="tipsv2-pipeline-") as tmp:
+    # kfp.Client prints "Experiment details: <link>" lines: they go to stderr, so that
+    # stdout is the one JSON line scripts read.
+    with (
+        contextlib.redirect_stdout(sys.stderr),
+        _api_errors(args.host),
+        tempfile.TemporaryDirectory(prefix="tipsv2-pipeline-") as tmp,
+    ):
+        client = kfp.Client(host=args.host, namespace=args.namespace or "kubeflow")
         package = compile_pipeline(str(Path(tmp) / "pipeline.yaml"), _image(args))
         name = args.run_name or f"tipsv2-{time.strftime('%Y%m%d-%H%M%S')}"
         if cron:
