@@ -189,6 +189,8 @@ def train_model(
     gpus: int = 0,
     experiment: str = "tipsv2",
     track: bool = True,
+    ray_address: str = "",
+    shared_dir: str = "",
 ) -> dict[str, Any]:
     """Pretrains (`kind="pretrain"`) or distils (`"distill"`) into the run directory `out`
     on Ray Train; the final model is `out/final`, the tokenizer `out/tokenizer.model`.
@@ -196,6 +198,11 @@ def train_model(
     steps / batch_size: override the recipe's first stage (0: the recipe's), e.g. for a
     smoke run; overrides: more `key=value` config overrides. Ray gets the pod's CPU limit
     and `gpus` GPUs in all (spread over `workers`).
+
+    ray_address: empty to start Ray in this process (the pod); else the Jobs API of an
+    existing cluster (`http://tipsv2-ray-head-svc:8265`), where the run goes as a Ray job
+    with its inputs staged under `shared_dir`, a folder every Ray node mounts
+    (components.ray_jobs).
     """
     from components.ray_train import RayTrainSpec, train_on_ray
     from tipsv2_core.config import apply_overrides, validate
@@ -220,7 +227,13 @@ def train_model(
         cfg.distill.teacher = _local(teacher)
         if student_variant:
             cfg.model.variant = student_variant
-    cfg = validate(apply_overrides(cfg, sets))
+    cfg = validate(apply_overrides(cfg, sets))  # a bad override fails here, before any job
+    if ray_address:
+        return _train_as_ray_job(
+            kind, out, data, tokenizer, cfg.recipe, sets, version, teacher, cfg.model.variant,
+            workers=workers, gpus=gpus, experiment=experiment, track=track,
+            ray_address=ray_address, shared_dir=shared_dir, t0=t0,
+        )  # fmt: skip
     tracking: dict[str, Any] = {}
     group = ""
     if track:
@@ -273,6 +286,68 @@ def train_model(
         "mlflow_pipeline_run_id": group,
         "ray_startup_s": round(result.startup_s, 2),
         "fit_s": round(result.fit_s, 2),
+        "seconds": round(time.perf_counter() - t0, 3),
+        **losses,
+    }
+
+
+def _train_as_ray_job(
+    kind: str,
+    out: str,
+    data: str,
+    tokenizer: str,
+    recipe: str,
+    sets: Sequence[str],
+    version: str,
+    teacher: str | None,
+    variant: str,
+    *,
+    workers: int,
+    gpus: int,
+    experiment: str,
+    track: bool,
+    ray_address: str,
+    shared_dir: str,
+    t0: float,
+) -> dict[str, Any]:
+    """`train_model` on an existing Ray cluster: the same run as the CLI would start,
+    submitted through the Jobs API (components.ray_jobs)."""
+    from components.ray_jobs import RayJobTarget, train_as_ray_job
+
+    args = ["--recipe", recipe, "--workers", str(workers), "--experiment", experiment]
+    for item in [*sets, *([f"run.data_version={version}"] if version else [])]:
+        args += ["--set", item]
+    if kind == "distill":
+        args += ["--student-variant", variant]
+    if gpus > 0:
+        args += ["--gpus-per-worker", str(gpus / workers)]
+    if not track:
+        args.append("--no-track")
+    result = train_as_ray_job(
+        kind,  # type: ignore[arg-type]
+        _local(out),
+        _local(data),
+        _local(tokenizer),
+        args,
+        RayJobTarget(ray_address, shared_dir),
+        teacher=_local(teacher) if teacher else None,
+        on_event=print,
+    )
+    summary = result.summary
+    losses = {
+        k: float(v)
+        for k, v in summary.items()
+        if k.endswith("loss") and isinstance(v, int | float) and math.isfinite(v)
+    }
+    return {
+        "kind": kind,
+        "variant": variant,
+        "recipe": recipe,
+        "steps": int(summary.get("steps", 0)),
+        "final": str(Path(_local(out)) / "final"),
+        "data_version": version,
+        "ray_job_id": result.job_id,
+        "ray_address": ray_address,
         "seconds": round(time.perf_counter() - t0, 3),
         **losses,
     }

@@ -38,7 +38,7 @@ This module has no `from __future__ import annotations`: KFP reads the component
 signatures' annotations as objects.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
@@ -46,6 +46,10 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 PIPELINE_NAME = "tipsv2"
 DEFAULT_IMAGE = "tipsv2:latest"  # infra/docker; pin a release by digest for production
+# The ReadWriteMany volume of infra/k8s (base/shared-storage.yaml) that the RayCluster's
+# pods mount too: training steps stage their inputs there when they attach to the cluster.
+SHARED_PVC = "tipsv2-shared"
+SHARED_MOUNT = "/mnt/tipsv2"
 
 # Kubernetes objects of infra/k8s: the S3 credentials, optional MLflow credentials and the
 # shared non-secret settings. Credentials only ever come from Secrets (DESIGN §4).
@@ -170,6 +174,10 @@ def pretrain(
     memory: str,
     gpus: int,
     accelerator: str,
+    node_selector: dict,
+    tolerations: list,
+    ray_address: str,
+    shared_dir: str,
     experiment: str,
     model: Output[Model],
 ):
@@ -192,8 +200,11 @@ def pretrain(
         cpu_limit=cpus,
         gpus=gpus,
         experiment=experiment,
+        ray_address=ray_address,
+        shared_dir=shared_dir,
     )
-    resources = {"cpu": cpus, "memory": memory, "gpus": gpus, "accelerator": accelerator}
+    resources = {"cpu": cpus, "memory": memory, "gpus": gpus, "accelerator": accelerator,
+                 "node_selector": node_selector, "tolerations": tolerations}  # fmt: skip
     model.metadata.update({**doc, "resources": resources})
 
 
@@ -211,6 +222,10 @@ def distill(
     memory: str,
     gpus: int,
     accelerator: str,
+    node_selector: dict,
+    tolerations: list,
+    ray_address: str,
+    shared_dir: str,
     experiment: str,
     model: Output[Model],
 ):
@@ -236,8 +251,11 @@ def distill(
         cpu_limit=cpus,
         gpus=gpus,
         experiment=experiment,
+        ray_address=ray_address,
+        shared_dir=shared_dir,
     )
-    resources = {"cpu": cpus, "memory": memory, "gpus": gpus, "accelerator": accelerator}
+    resources = {"cpu": cpus, "memory": memory, "gpus": gpus, "accelerator": accelerator,
+                 "node_selector": node_selector, "tolerations": tolerations}  # fmt: skip
     model.metadata.update({**doc, "resources": resources})
 
 
@@ -425,14 +443,21 @@ def _step(
     return task
 
 
-def _train(task: dsl.PipelineTask, image: str, cpu: Any, memory: Any, gpus: Any, accelerator: Any):
-    """A training step: cached, resources from the pipeline parameters. A limit of 0 GPUs
-    requests none, so the same task runs on CPU nodes when `gpus` is 0."""
+def _train(task: dsl.PipelineTask, image: str, placement: Mapping[str, Any]) -> dsl.PipelineTask:
+    """A training step: cached; resources and placement from the task's own inputs
+    (`cpus`, `memory`, `gpus`, `accelerator`, `node_selector`: {label: value}, and
+    `tolerations`: a list of Kubernetes toleration objects). A limit of 0 GPUs requests
+    none, so the same task runs on CPU nodes when `gpus` is 0; an empty selector or list
+    constrains nothing. The shared volume is mounted for runs that attach to the Ray
+    cluster (`ray_address`): their inputs are staged there, where every Ray node sees them."""
     task.set_caching_options(True)
     # One retry: Ray Train restarts failed workers itself; this covers a lost pod.
     task.set_retry(num_retries=1, backoff_duration="60s", backoff_factor=2.0)
-    task.set_cpu_limit(cpu).set_memory_limit(memory)
-    task.set_accelerator_type(accelerator).set_accelerator_limit(gpus)
+    task.set_cpu_limit(placement["cpus"]).set_memory_limit(placement["memory"])
+    task.set_accelerator_type(placement["accelerator"]).set_accelerator_limit(placement["gpus"])
+    kubernetes.add_node_selector_json(task, placement["node_selector"])
+    kubernetes.add_toleration_json(task, placement["tolerations"])
+    kubernetes.mount_pvc(task, pvc_name=SHARED_PVC, mount_path=SHARED_MOUNT)
     _platform_env(task, image, tracking=True)
     return task
 
@@ -477,6 +502,10 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
         train_memory: str = "8G",
         gpus: int = 0,
         accelerator: str = "nvidia.com/gpu",
+        train_node_selector: dict = {},  # noqa: B006 ({label: value} of the training nodes)
+        train_tolerations: list = [],  # noqa: B006 (Kubernetes tolerations, e.g. of GPU taints)
+        ray_address: str = "",  # "": Ray in the step's pod; else a cluster's Jobs API URL
+        ray_shared_dir: str = SHARED_MOUNT + "/jobs",  # staging that every Ray node sees
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         exit_task = ops["finish_run"](pipeline_run_id=run_id, experiment=experiment)
@@ -503,19 +532,24 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
                     "batch_size": batch_size,
                     "overrides": train_overrides,
                     "workers": workers,
-                    # Also inputs, not only limits: Ray sizes itself from them, and
-                    # kfp 2.17.3 passes a parameter into nested DAGs only when a task
-                    # input uses it (a channel used only in a limit is left out).
+                    # Also inputs, not only limits and placement: Ray sizes itself from
+                    # them, the model records them, and kfp 2.17.3 passes a parameter
+                    # into nested DAGs only when a task input uses it (a channel used
+                    # only in a limit or a node selector is left out).
                     "cpus": train_cpu,
                     "memory": train_memory,
                     "gpus": gpus,
                     "accelerator": accelerator,
+                    "node_selector": train_node_selector,
+                    "tolerations": train_tolerations,
+                    "ray_address": ray_address,
+                    "shared_dir": ray_shared_dir,
                     "experiment": experiment,
                 }
                 teacher = ops["pretrain"](
                     steps=pretrain_steps, data_version=version.output, **train_args
                 )
-                _train(teacher, image, train_cpu, train_memory, gpus, accelerator).after(plan)
+                _train(teacher, image, train_args).after(plan)
                 eval_args = {
                     "dataset": data.outputs["dataset"],
                     "tasks": eval_tasks,
@@ -540,7 +574,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
                         steps=distill_steps,
                         **train_args,
                     )
-                    _train(student, image, train_cpu, train_memory, gpus, accelerator)
+                    _train(student, image, train_args)
                     student_eval = ops["evaluate"](
                         model=student.outputs["model"], role="student", **eval_args
                     )

@@ -255,6 +255,42 @@ def test_resources_per_step_and_from_parameters_for_training(ir):
         assert "accelerator" not in res, name
 
 
+def test_training_placement_from_parameters(ir):
+    """Node selector and tolerations of the training pods are pipeline parameters (empty:
+    anywhere), wired into kfp-kubernetes' platform spec; other steps are not constrained."""
+    executors = ir["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    params = ir["spec"]["root"]["inputDefinitions"]["parameters"]
+    assert params["train_node_selector"]["parameterType"] == "STRUCT"
+    assert params["train_tolerations"]["parameterType"] == "LIST"
+    for name in STEPS:
+        label = ir["spec"]["components"][ir["tasks"][name]["componentRef"]["name"]]
+        cfg = executors[label["executorLabel"]]
+        if name in ("pretrain", "distill"):
+            selector = cfg["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
+            assert selector == "pipelinechannel--train_node_selector", name
+            tolerations = [
+                t["tolerationJson"]["componentInputParameter"] for t in cfg["tolerations"]
+            ]
+            assert tolerations == ["pipelinechannel--train_tolerations"], name
+            (mount,) = cfg["pvcMount"]
+            assert mount["mountPath"] == "/mnt/tipsv2" and "tipsv2-shared" in json.dumps(mount)
+        else:
+            assert not {"nodeSelector", "tolerations", "pvcMount"} & set(cfg), name
+
+
+def test_training_attaches_to_a_ray_cluster_when_given_its_address(ir):
+    """`ray_address` and the staging folder reach both training steps as inputs (so they
+    are part of the cache key and declared in the nested DAGs); empty: Ray in the pod."""
+    params = ir["spec"]["root"]["inputDefinitions"]["parameters"]
+    assert params["ray_address"]["defaultValue"] == ""
+    assert params["ray_shared_dir"]["defaultValue"] == "/mnt/tipsv2/jobs"
+    for name in ("pretrain", "distill"):
+        inputs = ir["tasks"][name]["inputs"]["parameters"]
+        assert inputs["ray_address"]["componentInputParameter"] == "pipelinechannel--ray_address"
+        shared = inputs["shared_dir"]["componentInputParameter"]
+        assert shared == "pipelinechannel--ray_shared_dir"
+
+
 def test_nested_dags_declare_every_input_they_use(ir):
     """kfp 2.17.3 leaves a parameter used only in a resource limit or as loop items out of
     nested DAGs' inputs; then the run fails ('Parent pipeline input argument ... not

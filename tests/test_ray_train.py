@@ -207,6 +207,65 @@ def test_two_nodes_through_the_ray_jobs_api(data, tmp_path):
         _stop_cluster(temp_dir)
 
 
+def test_pipeline_steps_attach_to_a_running_cluster_through_the_jobs_api(data, tmp_path):
+    """The DAG's training steps with `ray_address` set: inputs staged on the shared
+    folder, `tipsv2 train|distill` run as Ray jobs on the cluster, the finished run copied
+    into the step's output, the staging removed; a job that fails in the cluster raises
+    with its id and log tail and leaves no output."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from components.ray_jobs import RayJobError
+    from components.steps import train_model
+
+    tok = tmp_path / "tok"
+    cmd = [TIPSV2, "data", "tokenizer", "--data", str(data), "--vocab-size", "300"]
+    made = subprocess.run([*cmd, "--out", str(tok)], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths
+    port, dash = _free_port(), _free_port()
+    head = [RAY, "start", "--head", "--port", str(port), "--temp-dir", temp_dir, "--num-cpus",
+            "2", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--include-dashboard",
+            "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash)]  # fmt: skip
+    # The cluster's image has `tipsv2` on PATH; here, the venv's bin.
+    env = {**ENV, "PATH": f"{Path(TIPSV2).parent}:{ENV.get('PATH', '')}"}
+    shared = tmp_path / "shared"
+    small = [f"{k}={v}" for k, v in TINY.items() if k.startswith(("heads.", "data."))]
+    common = {"steps": 2, "batch_size": 8, "overrides": small, "track": False,
+              "ray_address": f"http://127.0.0.1:{dash}", "shared_dir": str(shared)}  # fmt: skip
+    try:
+        subprocess.run(head, check=True, capture_output=True, env=env, timeout=180)
+        teacher = tmp_path / "teacher"
+        doc = train_model(
+            "pretrain", str(teacher), str(data), str(tok / "tokenizer.model"),
+            version="v-test", **common,
+        )  # fmt: skip
+        assert doc["steps"] == 2 and doc["ray_job_id"].startswith("tipsv2-pretrain-")
+        meta = json.loads((teacher / "final" / "meta.json").read_text())
+        assert meta["step"] == 2 and meta["data_version"] == "v-test"
+        assert (teacher / "tokenizer.model").is_file() and not (teacher / "ray").exists()
+
+        student = tmp_path / "student"
+        doc = train_model(
+            "distill", str(student), str(data), str(tok / "tokenizer.model"),
+            teacher=str(teacher / "final"), student_variant="nano14", **common,
+        )  # fmt: skip
+        assert (student / "final" / "COMPLETE").is_file() and doc["variant"] == "nano14"
+
+        broken = tmp_path / "broken.model"
+        broken.write_bytes(b"not a sentencepiece model")
+        with pytest.raises(RayJobError) as e:
+            train_model("pretrain", str(tmp_path / "bad"), str(data), str(broken), **common)
+        assert "ended FAILED" in str(e.value) and "tokenizer" in str(e.value).lower()
+        assert not (tmp_path / "bad").exists()
+        assert list(shared.iterdir()) == []  # every staging folder removed
+
+        client = JobSubmissionClient(f"http://127.0.0.1:{dash}")
+        statuses = sorted(j.status for j in client.list_jobs())
+        assert statuses == sorted([JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.FAILED])
+    finally:
+        _stop_cluster(temp_dir)
+
+
 def test_checkpoints_persist_to_s3_on_the_stack_gateway(data, s3_env, tmp_path):
     from components.storage import Storage
 
@@ -222,3 +281,21 @@ def test_checkpoints_persist_to_s3_on_the_stack_gateway(data, s3_env, tmp_path):
         assert f"step_{step:08d}/COMPLETE" in files and f"step_{step:08d}/meta.json" in files
     secret = s3_env["AWS_SECRET_ACCESS_KEY"]
     assert all(secret not in p.read_text(errors="ignore") for p in out.rglob("*.json*"))
+
+
+def test_local_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
+    """Ray's workers run elsewhere: a DVC stage's relative `data/synth` must arrive
+    absolute; URIs pass through, and the caller's config is left alone."""
+    from components.ray_train import absolute_paths
+    from tipsv2_core.recipes import get_recipe
+
+    monkeypatch.chdir(tmp_path)
+    cfg = get_recipe("distill_demo", distill=True)
+    cfg.data.path = "data/synth"
+    cfg.data.tokenizer = "file://data/tokenizer/tokenizer.model"
+    cfg.distill.teacher = "s3://bucket/teacher/final"
+    out = absolute_paths(cfg)
+    assert out.data.path == str(tmp_path / "data" / "synth")
+    assert out.data.tokenizer == str(tmp_path / "data" / "tokenizer" / "tokenizer.model")
+    assert out.distill.teacher == "s3://bucket/teacher/final"
+    assert cfg.data.path == "data/synth"

@@ -1,0 +1,152 @@
+"""Training on an existing Ray cluster through the Ray Jobs API: how a pipeline step
+attaches to the RayCluster of `infra/k8s` instead of starting Ray inside its own pod.
+
+A KFP step's inputs are files in its own pod, invisible to the cluster's nodes, so the
+step stages them on storage that every node mounts (the ReadWriteMany volume at
+/mnt/tipsv2 on a cluster; any shared folder here), submits `tipsv2 train|distill
+--ray-address auto` as a Ray job, follows it to its end, and copies the finished run
+directory back into its output. A failed job raises with the job id and the tail of its
+log, and leaves the step's output untouched.
+
+    result = train_as_ray_job("pretrain", out, data, tokenizer, ["--set", "stages.0.steps=50"],
+                              RayJobTarget("http://tipsv2-ray-head-svc:8265", "/mnt/tipsv2/jobs"))
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["RayJobError", "RayJobResult", "RayJobTarget", "train_as_ray_job"]
+
+LOG_TAIL = 40  # lines of the job's log quoted in an error
+
+
+class RayJobError(RuntimeError):
+    """The Ray job failed, was stopped, or did not finish in time."""
+
+
+@dataclass(frozen=True)
+class RayJobTarget:
+    """Where the job runs: the cluster's dashboard (Jobs API) address, e.g.
+    `http://tipsv2-ray-head-svc:8265`, and a folder that both this process and every Ray
+    node see at the same path."""
+
+    address: str
+    shared_dir: str
+    timeout_s: float = 24 * 3600.0
+    poll_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.address.startswith(("http://", "https://")):
+            raise ValueError(
+                f"ray job address {self.address!r}: expected the dashboard's "
+                "http(s)://HOST:PORT (the Jobs API), e.g. http://tipsv2-ray-head-svc:8265"
+            )
+        if not self.shared_dir:
+            raise ValueError("a Ray job needs a shared folder that every Ray node mounts")
+
+
+@dataclass(frozen=True)
+class RayJobResult:
+    job_id: str
+    summary: dict[str, Any]  # the CLI's closing JSON line: steps, losses, workers, ...
+    seconds: float
+
+
+def _stage(src: Path, dst: Path) -> str:
+    """Copies a file or folder onto the shared storage; returns its path there."""
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    return str(dst)
+
+
+def _last_json(logs: str) -> dict[str, Any]:
+    for line in reversed(logs.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return {}
+
+
+def train_as_ray_job(
+    kind: Literal["pretrain", "distill"],
+    out: str | Path,
+    data: str | Path,
+    tokenizer: str | Path,
+    cli_args: Sequence[str],
+    target: RayJobTarget,
+    *,
+    teacher: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> RayJobResult:
+    """Runs `tipsv2 train` (or `distill`) as a Ray job on `target` and puts the finished
+    run directory (checkpoints, metrics.jsonl, final/, tokenizer.model) at `out`.
+
+    cli_args: further CLI options (`--set k=v`, `--workers N`, `--experiment E`, ...);
+    data, tokenizer, teacher, --out and --ray-address are set here. env: variables for
+    the job's processes (never credentials: the cluster's pods hold their own).
+    """
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    say = on_event or (lambda _msg: None)
+    out = Path(out)
+    tag = f"tipsv2-{kind}-{uuid.uuid4().hex[:12]}"
+    stage = Path(target.shared_dir) / tag
+    stage.mkdir(parents=True)
+    t0 = time.perf_counter()
+    try:
+        cmd = ["tipsv2", "distill" if kind == "distill" else "train"]
+        cmd += ["--data", _stage(Path(data), stage / "data")]
+        cmd += ["--tokenizer", _stage(Path(tokenizer), stage / "tokenizer.model")]
+        if kind == "distill":
+            if teacher is None:
+                raise ValueError("distillation needs a teacher checkpoint")
+            cmd += ["--teacher", _stage(Path(teacher), stage / "teacher")]
+        run_dir = stage / "run"
+        cmd += ["--out", str(run_dir), "--ray-address", "auto", "--quiet", *cli_args]
+        client = JobSubmissionClient(target.address)
+        job_id = client.submit_job(
+            entrypoint=shlex.join(cmd),
+            submission_id=tag,
+            runtime_env={"env_vars": dict(env or {})},
+        )
+        say(f"ray job {job_id} submitted to {target.address}")
+        terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+        deadline = time.monotonic() + target.timeout_s
+        while (status := client.get_job_status(job_id)) not in terminal:
+            if time.monotonic() > deadline:
+                client.stop_job(job_id)
+                raise RayJobError(f"ray job {job_id} did not finish in {target.timeout_s:.0f} s")
+            time.sleep(target.poll_s)
+        logs = client.get_job_logs(job_id)
+        if status != JobStatus.SUCCEEDED:
+            tail = "\n".join(logs.strip().splitlines()[-LOG_TAIL:])
+            raise RayJobError(f"ray job {job_id} on {target.address} ended {status.value}:\n{tail}")
+        if not (run_dir / "final" / "COMPLETE").is_file():
+            raise RayJobError(f"ray job {job_id} succeeded but left no complete model in {run_dir}")
+        # Into the step's output only once complete: a failed copy leaves no half model
+        # that a later step could mistake for a finished one.
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(run_dir, partial, ignore=shutil.ignore_patterns("ray"))
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+        say(f"ray job {job_id} {status.value}; run copied to {out}")
+        return RayJobResult(job_id, _last_json(logs), round(time.perf_counter() - t0, 3))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
