@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 __all__ = [
+    "check_promotion_rules",
     "data_version",
     "evaluate_model",
     "export_model",
@@ -576,9 +577,35 @@ def register_model(
     }
 
 
-def gate_decision(name: str, version: str, primary_metric: str = "") -> dict[str, Any]:
+def _gate_config(primary_metric: str, rules: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The gate's config: the pipeline's promotion rules (components.promote.GateConfig
+    fields) with the candidate's primary metric; None: the gate's defaults."""
+    doc = dict(rules or {})
+    if primary_metric:
+        doc["primary_metric"] = primary_metric
+    return doc or None
+
+
+def check_promotion_rules(rules: Mapping[str, Any] | None) -> None:
+    """Raises ValueError naming the problem when `rules` are not valid gate settings
+    (unknown keys, bad margins): checked before any work, not after training."""
+    from components.promote import GateConfig, PromotionError
+
+    doc = _gate_config("", rules)
+    if doc is None:
+        return
+    try:
+        GateConfig.from_dict({"primary_metric": "checked-later", **doc})
+    except (PromotionError, TypeError, ValueError) as e:
+        raise ValueError(f"promotion rules {dict(rules or {})}: {e}") from None
+
+
+def gate_decision(
+    name: str, version: str, primary_metric: str = "", rules: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Whether `version` of `name` passes the promotion gate against the current champion
-    (parity, primary metric, same eval data); reads only, so the DAG can branch on it."""
+    (parity, primary metric, secondary margins, same eval data); reads only, so the DAG
+    can branch on it. rules: GateConfig fields (min_improvement, secondary, ...)."""
     from components.promote import evaluate_gate, resolve_config
     from components.registry import CHAMPION, alias_version, client_for, version_info
     from components.settings import configure
@@ -590,9 +617,7 @@ def gate_decision(name: str, version: str, primary_metric: str = "") -> dict[str
     champion = None
     if champion_version is not None and champion_version != str(version):
         champion = version_info(client, name, champion_version)
-    config = resolve_config(
-        {"primary_metric": primary_metric} if primary_metric else None, challenger
-    )
+    config = resolve_config(_gate_config(primary_metric, rules), challenger)
     gate = evaluate_gate(challenger, champion, config)
     return {
         "passed": gate.passed,
@@ -602,15 +627,15 @@ def gate_decision(name: str, version: str, primary_metric: str = "") -> dict[str
     }
 
 
-def promote_model(name: str, version: str, primary_metric: str = "") -> dict[str, Any]:
+def promote_model(
+    name: str, version: str, primary_metric: str = "", rules: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Moves `champion` to `version` if the gate passes (and records the decision)."""
     from components.promote import promote
     from components.settings import configure
 
     configure()
-    decision = promote(
-        name, version, {"primary_metric": primary_metric} if primary_metric else None
-    )
+    decision = promote(name, version, _gate_config(primary_metric, rules))
     return {
         "action": decision.action,
         "champion_before": decision.champion_before,

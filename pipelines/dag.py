@@ -99,10 +99,12 @@ CACHED_STEPS = ("prepare-data", "build-tokenizer", "pretrain", "distill")
 # body is what runs in the container)
 
 
-def preflight(recipe: str, student_variants: list[str]) -> list[str]:
-    """Checks the recipe and student variant names; returns the students to distil."""
-    from components.steps import plan_students
+def preflight(recipe: str, student_variants: list[str], promotion: dict) -> list[str]:
+    """Checks the recipe, the student variant names and the promotion rules; returns the
+    students to distil."""
+    from components.steps import check_promotion_rules, plan_students
 
+    check_promotion_rules(promotion)
     return plan_students(recipe, student_variants)
 
 
@@ -356,7 +358,11 @@ def register_model(
 
 
 def gate_decision(
-    model_name: str, model_version: str, primary_metric: str, decision: Output[Artifact]
+    model_name: str,
+    model_version: str,
+    primary_metric: str,
+    rules: dict,
+    decision: Output[Artifact],
 ) -> bool:
     """Whether the new version beats the champion (read only: the DAG branches on it).
 
@@ -366,18 +372,18 @@ def gate_decision(
 
     from components.steps import gate_decision as decide
 
-    doc = decide(model_name, model_version, primary_metric)
+    doc = decide(model_name, model_version, primary_metric, rules)
     with open(decision.path, "w") as f:
         json.dump(doc, f, indent=2)
     decision.metadata.update(doc)
     return bool(doc["passed"])
 
 
-def promote_model(model_name: str, model_version: str, primary_metric: str) -> str:
+def promote_model(model_name: str, model_version: str, primary_metric: str, rules: dict) -> str:
     """Moves the champion alias to the new version and records the decision."""
     from components.steps import promote_model as promote
 
-    return promote(model_name, model_version, primary_metric)["action"]
+    return promote(model_name, model_version, primary_metric, rules)["action"]
 
 
 def finish_run(status: dsl.PipelineTaskFinalStatus, pipeline_run_id: str, experiment: str):
@@ -496,6 +502,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
         eval_image_size: int = 224,
         export_image_size: int = 224,
         primary_metric: str = "",
+        promotion: dict = {},  # noqa: B006 (components.promote.GateConfig: margins, tolerance)
         model_name: str = "tipsv2-demo",
         experiment: str = "tipsv2",
         train_cpu: str = "2",
@@ -511,7 +518,12 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
         exit_task = ops["finish_run"](pipeline_run_id=run_id, experiment=experiment)
         _step(exit_task, image, tracking=True).set_display_name("finish-run")
         with dsl.ExitHandler(exit_task, name="tipsv2-run"):
-            plan = _step(ops["preflight"](recipe=recipe, student_variants=student_variants), image)
+            plan = _step(
+                ops["preflight"](
+                    recipe=recipe, student_variants=student_variants, promotion=promotion
+                ),
+                image,
+            )
             data = ops["prepare_data"](
                 sources=sources, synth_images=synth_images, image_size=image_size, workers=workers
             )
@@ -606,6 +618,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
                     model_name=model_name,
                     model_version=registered.output,
                     primary_metric=pick.outputs["primary_metric"],
+                    rules=promotion,
                 )
                 _step(gate, image, tracking=True)
                 with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
@@ -613,6 +626,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
                         model_name=model_name,
                         model_version=registered.output,
                         primary_metric=pick.outputs["primary_metric"],
+                        rules=promotion,
                     )
                     _step(promoted, image, tracking=True)
 

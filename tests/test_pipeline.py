@@ -207,6 +207,17 @@ def test_promotion_is_conditional_on_the_gate_decision(ir):
     assert "gate-decision" not in [a for a in _ancestors(ir, "register-model")]
 
 
+def test_promotion_rules_are_a_parameter_checked_up_front(ir):
+    """The gate's rules (margins, tolerance, ...) come from the `promotion` parameter:
+    the preflight step checks them before any work, the gate and the promotion use them."""
+    params = ir["spec"]["root"]["inputDefinitions"]["parameters"]
+    assert params["promotion"]["parameterType"] == "STRUCT"
+    for name in ("preflight", "gate-decision", "promote-model"):
+        inputs = ir["tasks"][name]["inputs"]["parameters"]
+        key = "promotion" if name == "preflight" else "rules"
+        assert inputs[key]["componentInputParameter"] == "pipelinechannel--promotion", name
+
+
 def test_exit_handler_records_the_final_status(ir):
     t = ir["tasks"]
     root = ir["spec"]["root"]["dag"]["tasks"]
@@ -439,6 +450,19 @@ def test_plan_students_rejects_unknown_names_before_any_work():
         plan_students("demoo", ["nano14"])
 
 
+def test_promotion_rules_are_checked_before_any_work():
+    from components.steps import check_promotion_rules
+
+    check_promotion_rules({})
+    check_promotion_rules(
+        {"min_improvement": 0.01, "secondary": {"eval/retrieval/x/i2t_r@1": 0.02}}
+    )
+    with pytest.raises(ValueError, match="unknown gate config key"):
+        check_promotion_rules({"min_improvment": 0.01})  # a typo
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        check_promotion_rules({"secondary": {"eval/retrieval/x/i2t_r@1": -1}})
+
+
 def test_cpu_quantities():
     from components.steps import _cpus
 
@@ -624,8 +648,10 @@ def test_tipsv2_run_smoke_end_to_end_then_from_the_cache(e2e_home):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert not client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
 
-    # The same inputs again: data, tokenizer and training come from the cache.
-    rc, s2, text, wall2 = _run(e2e_home)
+    # The same inputs again: data, tokenizer and training come from the cache. A stricter
+    # promotion rule (not a training input) refuses the same model as a new challenger.
+    strict = 'promotion={"min_improvement": 0.5}'
+    rc, s2, text, wall2 = _run(e2e_home, "--param", strict)
     assert rc == 0, text[-4000:]
     steps = _steps(s2)
     for name in ("prepare-data", "build-tokenizer", "pretrain", "distill"):
@@ -633,6 +659,10 @@ def test_tipsv2_run_smoke_end_to_end_then_from_the_cache(e2e_home):
     assert steps["evaluate (evaluate-teacher)"] == ["SUCCESS"]
     assert s2["registered_version"] == "2"
     assert s2["teacher"]["metrics"] == s["teacher"]["metrics"]  # the same cached model
+    assert s2["promotion"]["passed"] is False and s2["promotion"]["action"] == "refused"
+    assert any("0.5" in r for r in s2["promotion"]["reasons"]), s2["promotion"]
+    assert "promote-model" not in {n for n, st in steps.items() if "SUCCESS" in st}
+    assert str(client.get_model_version_by_alias("tipsv2-demo", "champion").version) == "1"
     assert wall2 < wall
 
 
