@@ -27,6 +27,7 @@ from typing import Any, Literal
 __all__ = ["RayJobError", "RayJobResult", "RayJobTarget", "train_as_ray_job"]
 
 LOG_TAIL = 40  # lines of the job's log quoted in an error
+SUBMIT_RETRY_S = 120.0  # how long a just-started head may take to accept jobs
 
 
 class RayJobError(RuntimeError):
@@ -81,6 +82,20 @@ def _last_json(logs: str) -> dict[str, Any]:
     return {}
 
 
+def _submit(client: Any, *, retry_s: float = SUBMIT_RETRY_S, **job: Any) -> str:
+    """`client.submit_job(**job)`, retried while the head has no job agent yet: a cluster
+    that just started (or restarted its head) answers 500 "No available agent" for a
+    few seconds before it accepts jobs."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def train_as_ray_job(
     kind: Literal["pretrain", "distill"],
     out: str | Path,
@@ -119,7 +134,8 @@ def train_as_ray_job(
         run_dir = stage / "run"
         cmd += ["--out", str(run_dir), "--ray-address", "auto", "--quiet", *cli_args]
         client = JobSubmissionClient(target.address)
-        job_id = client.submit_job(
+        job_id = _submit(
+            client,
             entrypoint=shlex.join(cmd),
             submission_id=tag,
             runtime_env={"env_vars": dict(env or {})},

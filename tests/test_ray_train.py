@@ -299,3 +299,30 @@ def test_local_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
     assert out.data.tokenizer == str(tmp_path / "data" / "tokenizer" / "tokenizer.model")
     assert out.distill.teacher == "s3://bucket/teacher/final"
     assert cfg.data.path == "data/synth"
+
+
+def test_job_submission_waits_for_the_heads_job_agent():
+    """A just-started head answers 'No available agent' until its job agent is up: the
+    submission is retried then, and any other error is raised at once."""
+    from components.ray_jobs import _submit
+
+    class Head:
+        def __init__(self, failures: list[str]):
+            self.failures, self.calls = failures, 0
+
+        def submit_job(self, **job):
+            self.calls += 1
+            if self.failures:
+                raise RuntimeError(self.failures.pop(0))
+            return job["submission_id"]
+
+    busy = "Request failed with status code 500: No available agent to submit job, please try again"
+    head = Head([busy, busy])
+    assert _submit(head, retry_s=30, submission_id="j1") == "j1" and head.calls == 3
+    head = Head(["Request failed with status code 400: bad runtime_env"])
+    with pytest.raises(RuntimeError, match="bad runtime_env"):
+        _submit(head, retry_s=30, submission_id="j2")
+    assert head.calls == 1
+    head = Head([busy] * 100)
+    with pytest.raises(RuntimeError, match="No available agent"):
+        _submit(head, retry_s=0.5, submission_id="j3")
