@@ -122,16 +122,24 @@ def test_a_killed_worker_is_restarted_and_resumes_from_the_checkpoint(data, refe
 
 def test_a_relaunch_of_the_same_run_resumes(data, reference, tmp_path):
     out = tmp_path / "run"
+    # Ray's own processes (raylet, agents) leave the driver's process group; a temp dir
+    # of this test's own finds them after the kill, so none outlives the test holding
+    # Ray's default ports (a later cluster's job agent could not bind them).
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths
+    env = {**ENV, "RAY_TMPDIR": temp_dir}
     proc = subprocess.Popen(
         train_cmd(data, out),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=ENV,
+        env=env,
         start_new_session=True,
     )
-    wait_for(lambda: checkpointed(out, 2 * EVERY), 300, "the second checkpoint")
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its in-process Ray go down
-    proc.wait(timeout=60)
+    try:
+        wait_for(lambda: checkpointed(out, 2 * EVERY), 300, "the second checkpoint")
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its in-process Ray go down
+        proc.wait(timeout=60)
+    finally:
+        _stop_cluster(temp_dir)
     assert not (out / "final").exists()
     res = subprocess.run(train_cmd(data, out), capture_output=True, text=True, env=ENV)
     summary = summary_of(res)
@@ -226,6 +234,11 @@ def test_pipeline_steps_attach_to_a_running_cluster_through_the_jobs_api(data, t
     head = [RAY, "start", "--head", "--port", str(port), "--temp-dir", temp_dir, "--num-cpus",
             "2", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--include-dashboard",
             "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash)]  # fmt: skip
+    # The job agent on ports of its own: another Ray on this machine may hold the default
+    # ones, and a head whose agent cannot bind accepts no job ("No available agent").
+    head += ["--dashboard-agent-listen-port", str(_free_port()),
+             "--dashboard-agent-grpc-port", str(_free_port()),
+             "--runtime-env-agent-port", str(_free_port())]  # fmt: skip
     # The cluster's image has `tipsv2` on PATH; here, the venv's bin.
     env = {**ENV, "PATH": f"{Path(TIPSV2).parent}:{ENV.get('PATH', '')}"}
     shared = tmp_path / "shared"
