@@ -181,7 +181,9 @@ def test_submit_sends_the_compiled_pipeline_as_a_run(kfp_api, capsys, tmp_path):
     body = run["body"]
     assert body["display_name"] == "r-42"
     assert body["experiment_id"] == exp_id
-    assert body["runtime_config"]["parameters"] == TYPED
+    # Training goes to infra/k8s's RayCluster unless told otherwise.
+    cluster = {"ray_address": "http://tipsv2-ray-head-svc:8265"}
+    assert body["runtime_config"]["parameters"] == TYPED | cluster
     # The spec travels inline (no pipeline upload), exactly as `pipeline compile` writes it.
     assert not kfp_api.calls("POST", "/pipelines/upload")
     spec, platform = _compiled(capsys, tmp_path)
@@ -210,6 +212,7 @@ def test_submit_with_a_schedule_creates_a_recurring_run_in_the_experiment(kfp_ap
     team = {"experiment_id": str(uuid.uuid4()), "display_name": "nightly", "namespace": "team-a"}
     kfp_api.experiments["nightly"] = team
     extra = ["--experiment", "nightly", "--namespace", "team-a", "--run-name", "every-night"]
+    extra += ["--ray-address", ""]  # Ray inside each training step's pod
     rc, doc, err = _submit(capsys, kfp_api, *extra, "--schedule", "0 3 * * *")
     assert rc == 0, err
     assert not kfp_api.calls("POST", "/experiments") and not kfp_api.calls("POST", "/runs")
@@ -224,7 +227,7 @@ def test_submit_with_a_schedule_creates_a_recurring_run_in_the_experiment(kfp_ap
     assert body["experiment_id"] == team["experiment_id"]
     assert body["display_name"] == "every-night"
     assert body["mode"] == "ENABLE" and body["max_concurrency"] == 1
-    assert body["runtime_config"]["parameters"] == TYPED
+    assert body["runtime_config"]["parameters"] == TYPED | {"ray_address": ""}
     assert _images(body["pipeline_spec"]["pipeline_spec"]) == {IMAGE}
     assert doc == {
         "recurring_run_id": rec["reply"][1]["recurring_run_id"],

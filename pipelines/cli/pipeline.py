@@ -44,6 +44,8 @@ TELEMETRY_OFF = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 HEALTH_PATH = "/apis/v2beta1/healthz"
+# On a cluster, training goes to infra/k8s's RayCluster (its head Service, Jobs API port).
+CLUSTER_RAY_JOBS = "http://tipsv2-ray-head-svc:8265"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,6 +83,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="CRON",
         help="create a recurring run: 5-field cron (minute hour day month weekday) or "
         "KFP's 6-field form with seconds first",
+    )
+    submit.add_argument(
+        "--ray-address",
+        default=CLUSTER_RAY_JOBS,
+        metavar="URL",
+        help="Jobs API of the Ray cluster the training steps run on (default "
+        f"{CLUSTER_RAY_JOBS}, infra/k8s's RayCluster; '' starts Ray inside each training "
+        "step's pod)",
     )
     submit.add_argument("--namespace", default=None, help="KFP namespace (multi-user mode)")
     submit.add_argument("--timeout", type=float, default=10.0, help="reachability check (s)")
@@ -248,7 +258,8 @@ def run_submit(args: argparse.Namespace) -> int:
 
     from pipelines.dag import compile_pipeline
 
-    arguments = parse_params(args.param, pipeline_parameters())
+    # --param wins over --ray-address: the most specific setting.
+    arguments = {"ray_address": args.ray_address} | parse_params(args.param, pipeline_parameters())
     cron = cron_expression(args.schedule) if args.schedule else None
     check_reachable(args.host, args.timeout)
     import kfp
