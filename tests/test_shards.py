@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from tipsv2_core.data import synth_dataset
-from tipsv2_core.data.classes import CLASS_NAMES
 from tipsv2_core.data.hashing import hamming, phash, sha256_hex
 from tipsv2_core.data.shards import (
     DatasetError,
@@ -29,6 +28,7 @@ from tipsv2_core.data.shards import (
 )
 from tipsv2_core.data.synth_dataset import assign_split, write_synthetic_dataset
 from tipsv2_core.data.synthetic import generate_scene
+from tipsv2_core.data.worlds import DEFAULT_WORLD, get_world
 
 pytestmark = pytest.mark.unit
 N, SEED = 60, 1
@@ -96,7 +96,8 @@ def test_directory_layout_and_card(dataset):
     assert not [p for p in dataset.parent.iterdir() if p.name.startswith(".")]  # no temp dirs
     info = open_dataset(dataset)
     card = info.card
-    assert card["class_names"] == list(CLASS_NAMES)
+    assert card["class_names"] == list(get_world(DEFAULT_WORLD).class_names)
+    assert card["generator"]["world"] == DEFAULT_WORLD
     assert card["generator"]["seed"] == SEED and card["generator"]["image_size"] == 112
     assert sum(card["counts"].values()) == N == card["num_samples"]
     assert card["rejects"] == {} and pq.read_table(dataset / "rejected.parquet").num_rows == 0
@@ -152,10 +153,10 @@ def test_a_failed_run_leaves_the_previous_dataset_intact(copy, monkeypatch):
     before = files_of(copy)
     real = synth_dataset.generate_scene
 
-    def failing(seed, index, size):
+    def failing(seed, index, size, world):
         if index == 7:
             raise RuntimeError("generator crashed")
-        return real(seed, index, size)
+        return real(seed, index, size, world)
 
     monkeypatch.setattr(synth_dataset, "generate_scene", failing)
     with pytest.raises(RuntimeError, match="crashed"):

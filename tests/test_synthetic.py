@@ -12,8 +12,10 @@ from tipsv2_core.data.backgrounds import KINDS
 from tipsv2_core.data.classes import CLASS_IDS, CLASS_NAMES, IGNORE_INDEX, plural
 from tipsv2_core.data.palette import OBJECT_COLOURS, pattern_colour
 from tipsv2_core.data.shapes import SHAPES, erode, place, rasterize
-from tipsv2_core.data.synthetic import FILLS, MIN_VISIBLE, SIZES, generate_scene
+from tipsv2_core.data.synthetic import FILLS, MIN_VISIBLE, generate_scene
+from tipsv2_core.data.textures import TEXTURES
 from tipsv2_core.data.vocabulary import WHERE
+from tipsv2_core.data.worlds import DEFAULT_WORLD, WORLDS, get_world
 
 pytestmark = pytest.mark.unit
 
@@ -33,9 +35,19 @@ def words(text: str) -> int:
     return len(text.split())
 
 
+SHAPES26 = get_world("shapes26")
+DENSE = get_world("dense")
+
+
 @pytest.fixture(scope="module")
 def scenes():
-    return [generate_scene(0, i, 112) for i in range(200)]
+    """The 26-class world, whose fills and alt-texts vary independently of the class."""
+    return [generate_scene(0, i, 112, "shapes26") for i in range(200)]
+
+
+@pytest.fixture(scope="module")
+def dense_scenes():
+    return [generate_scene(0, i, 112) for i in range(300)]
 
 
 def test_label_space_has_background_first_and_enough_classes():
@@ -45,17 +57,29 @@ def test_label_space_has_background_first_and_enough_classes():
     assert all(CLASS_IDS[n] == i for i, n in enumerate(CLASS_NAMES))
     assert set(SHAPES) == set(CLASS_NAMES[1:])  # every object class can be drawn
     assert IGNORE_INDEX not in CLASS_IDS.values()
+    assert SHAPES26.class_names == CLASS_NAMES
+    assert DEFAULT_WORLD == "dense"
+    for world in WORLDS.values():
+        assert world.class_names[0] == "background"
+        assert set(world.classes) <= set(SHAPES)
+        assert len(set(world.classes)) == len(world.classes)
+    # Every class of the dense world has a texture of its own.
+    textures = [DENSE.texture_of(c) for c in DENSE.classes]
+    assert len(set(textures)) == len(textures) and set(textures) <= set(TEXTURES)
+    with pytest.raises(ValueError, match="unknown world 'nope'.*dense"):
+        get_world("nope")
 
 
-def test_same_seed_and_index_give_identical_scenes():
-    a, b = generate_scene(7, 3, 112), generate_scene(7, 3, 112)
+@pytest.mark.parametrize("world", sorted(WORLDS))
+def test_same_seed_and_index_give_identical_scenes(world):
+    a, b = generate_scene(7, 3, 112, world), generate_scene(7, 3, 112, world)
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.label, b.label)
     np.testing.assert_array_equal(a.instance, b.instance)
     assert a.captions == b.captions
     assert [o.to_json() for o in a.objects] == [o.to_json() for o in b.objects]
-    assert not np.array_equal(a.image, generate_scene(8, 3, 112).image)
-    assert not np.array_equal(a.image, generate_scene(7, 4, 112).image)
+    assert not np.array_equal(a.image, generate_scene(8, 3, 112, world).image)
+    assert not np.array_equal(a.image, generate_scene(7, 4, 112, world).image)
 
 
 @pytest.mark.parametrize("size", [112, 448])
@@ -111,7 +135,7 @@ def test_objects_stay_visible_and_occlusion_is_accounted(scenes):
 def test_attributes_vary_independently(scenes):
     objs = [o for s in scenes for o in s.objects]
     assert {o.fill for o in objs} == set(FILLS)
-    assert {o.size for o in objs} == set(SIZES)
+    assert {o.size for o in objs} == set(dict(SHAPES26.sizes))
     assert len({o.colour for o in objs}) >= 10
     assert len({o.class_name for o in objs}) >= 20
     assert {s.background_kind for s in scenes} == set(KINDS)
@@ -190,3 +214,59 @@ def test_erode_matches_a_brute_force_minimum():
             for dx in range(-r, r + 1):
                 expect &= padded[r + dy : r + dy + 30, r + dx : r + dx + 40]
         np.testing.assert_array_equal(erode(mask, r), expect)
+
+
+def test_dense_world_label_maps_agree_with_class_textures(dense_scenes):
+    """Each object's pixels are its colour and that colour's tint/shade, laid out in its
+    class's texture; the label map and the instance map agree with the drawn pixels."""
+    for s in dense_scenes:
+        assert 1 <= len(s.objects) <= len(DENSE.count_weights)
+        assert set(np.unique(s.label[s.instance == 0])) <= {0, IGNORE_INDEX}
+        for k, o in enumerate(s.objects):
+            mine = s.instance == k + 1
+            assert (s.label[mine] == DENSE.class_ids[o.class_name]).all()
+            assert o.texture == DENSE.texture_of(o.class_name) and o.fill == "solid"
+            colours = s.image[mine]
+            is_main = (colours == o.rgb).all(axis=1)
+            second = (colours == pattern_colour(o.rgb)).all(axis=1)
+            assert (is_main | second).all()
+            if o.texture == "plain":
+                assert is_main.all()
+            elif o.pixels > 400:  # a large enough part of the texture to show both colours
+                assert 0.2 < second.mean() < 0.8, (s.index, k, o.texture, second.mean())
+        assert s.classes == sorted(s.classes, key=DENSE.class_ids.get)
+
+
+def test_dense_world_keeps_colour_independent_of_class(dense_scenes):
+    """No colour tells the class: every frequent class is drawn in many colours, and the
+    most common colour of a class is never a large share of it."""
+    objs = [o for s in dense_scenes for o in s.objects]
+    assert {o.class_name for o in objs} == set(DENSE.classes)
+    by_class: dict[str, Counter] = {}
+    for o in objs:
+        by_class.setdefault(o.class_name, Counter())[o.colour] += 1
+    for name, colours in by_class.items():
+        n = sum(colours.values())
+        assert len(colours) >= 6, (name, colours)
+        assert colours.most_common(1)[0][1] / n < 0.35, (name, colours)
+    kinds = {s.background_kind for s in dense_scenes}
+    assert kinds == {k for k, _ in DENSE.backgrounds}
+
+
+def test_dense_world_captions_name_every_class_and_no_colour(dense_scenes):
+    """Classes are the strongest text signal: every caption names every visible class,
+    the alt-text nothing else, and no caption names a colour (of an object or of the
+    background) or a texture."""
+    colour_words = set(OBJECT_COLOURS) | {"pale", "beige", "cream", "lavender", "navy"}
+    for s in dense_scenes:
+        alt = s.captions["alt_text"].lower()
+        assert named_classes(alt) in (set(s.classes), set()), (alt, s.classes)  # set(): a file name
+        for field in ("caption_medium", "caption_long"):
+            text = s.captions[field].lower()
+            assert named_classes(text) == set(s.classes), text
+            assert "  " not in text, text
+        for text in s.captions.values():
+            words = set(re.findall(r"[a-z]+", text.lower()))
+            assert not words & colour_words, text
+            assert not words & {"striped", "dotted", "spotted", "checkered", "hollow"}, text
+    assert sum(not named_classes(s.captions["alt_text"]) for s in dense_scenes) < 30

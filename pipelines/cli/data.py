@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from tipsv2_core.data.worlds import DEFAULT_NUM_IMAGES, DEFAULT_SPLITS, DEFAULT_WORLD, WORLDS
+
 
 def _splits(text: str) -> tuple[float, ...]:
     try:
@@ -25,20 +27,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         "synth",
         help="generate the synthetic scenes dataset",
         description=(
-            "Generate synthetic scenes (1-5 objects: shapes and silhouettes, pixel-exact "
+            "Generate synthetic scenes (a few objects of the world's classes, pixel-exact "
             "label maps, alt-text / medium / long captions) into a dataset directory: "
             "shards/<split>-NNNNNN.tar, manifest.parquet, dataset_card.json, COMPLETE. "
             "The same arguments give byte-identical shards and manifest."
         ),
     )
-    synth.add_argument("--num-images", type=int, required=True)
+    synth.add_argument(
+        "--num-images",
+        type=int,
+        default=DEFAULT_NUM_IMAGES,
+        help=f"default {DEFAULT_NUM_IMAGES}, what `make run` trains on",
+    )
     synth.add_argument("--image-size", type=int, default=112, help="112..448 (default 112)")
     synth.add_argument("--out", required=True, help="dataset directory: a path or file:// URI")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     synth.add_argument("--workers", type=int, default=1, help="generator processes")
     synth.add_argument(
-        "--splits", type=_splits, default=(0.9, 0.05, 0.05), help="train,val,test ratios"
+        "--splits",
+        type=_splits,
+        default=DEFAULT_SPLITS,
+        help="train,val,test ratios (default " + ",".join(map(str, DEFAULT_SPLITS)) + ")",
+    )
+    synth.add_argument(
+        "--world",
+        choices=sorted(WORLDS),
+        default=DEFAULT_WORLD,
+        help=f"which classes and how they look (default {DEFAULT_WORLD}: ten classes, each "
+        "with its own texture; shapes26: 26 classes told apart by silhouette only)",
     )
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(handler=run_synth)
@@ -64,6 +81,7 @@ def run_synth(args: argparse.Namespace) -> int:
         splits=args.splits,
         workers=args.workers,
         progress=not args.no_progress,
+        world=args.world,
     )
     info = open_dataset(path)
     counts = ", ".join(f"{k} {v}" for k, v in info.counts.items())

@@ -93,9 +93,15 @@ def _parity(u: np.ndarray, cell: float) -> np.ndarray:
     return ((u * np.float32(1.0 / cell)).astype(np.int32) & 1).astype(np.uint8)
 
 
-def draw_background(rng: Dice, size: int) -> tuple[np.ndarray, Background]:
-    """A random background: (image [S, S, 3] uint8, its description)."""
-    kind = rng.pick_weighted(KINDS, _KIND_CUM)
+def draw_background(
+    rng: Dice,
+    size: int,
+    kinds: tuple[str, ...] = KINDS,
+    cum_weights: tuple[float, ...] = _KIND_CUM,
+) -> tuple[np.ndarray, Background]:
+    """A random background of one of `kinds` (chosen by cumulative weights `cum_weights`,
+    see rand.cumulative): (image [S, S, 3] uint8, its description)."""
+    kind = rng.pick_weighted(kinds, cum_weights)
     if kind == "plain":
         name = rng.pick(_LIGHT + _DARK)
         rgb = jitter(BACKGROUND_COLOURS[name], rng, 5)

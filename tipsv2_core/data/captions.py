@@ -14,6 +14,7 @@ Objects are duck-typed `SceneObject`s (see synthetic.py).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Any
 
@@ -63,8 +64,12 @@ def _noun(rng: Dice, obj: Any, size: bool, fill: bool = True, colour: str | None
     return " ".join(w for w in words if w)
 
 
-def alt_text(rng: Dice, objects: list, bg: Background) -> str:
-    """Short, partial, sometimes noisy or slightly wrong, like web alt-text."""
+def alt_text(rng: Dice, objects: list, bg: Background, mode: str = "partial") -> str:
+    """Short, partial, sometimes noisy or slightly wrong, like web alt-text.
+
+    mode "partial": one or two of the largest objects, often with colour (and fill);
+    "classes": the class of every object, largest first, each class once, nothing else.
+    """
     if not objects or rng.random() < 0.04:  # nothing but a file name
         return rng.pick(
             (
@@ -75,9 +80,10 @@ def alt_text(rng: Dice, objects: list, bg: Background) -> str:
             )
         )
     salient = sorted(objects, key=lambda o: -o.pixels)
-    chosen = salient[: 1 + rng.integer(min(2, len(objects)))]
     names = []
-    for o in chosen:
+    if mode == "classes":
+        names = list(dict.fromkeys(o.class_name for o in salient))
+    for o in [] if mode == "classes" else salient[: 1 + rng.integer(min(2, len(objects)))]:
         colour = o.colour
         if rng.random() < P_WRONG_COLOUR:
             colour = rng.pick([c for c in OBJECT_COLOURS if c != o.colour])
@@ -97,7 +103,7 @@ def alt_text(rng: Dice, objects: list, bg: Background) -> str:
         text = f"{rng.pick(NOISE)} {text}"
     elif form == 3:
         text = f"img_{rng.integer(10000):04d} {text}"
-    elif form == 4:
+    elif form == 4 and mode != "classes":  # classes mode: no colour word at all
         text = f"{text} on {bg.colours[0]} background"
     elif form == 5:
         text = f"{text} - {rng.pick(NOISE)} {rng.pick(NOISE)}"
@@ -106,7 +112,7 @@ def alt_text(rng: Dice, objects: list, bg: Background) -> str:
     return text
 
 
-def caption_medium(rng: Dice, objects: list, bg: Background) -> str:
+def caption_medium(rng: Dice, objects: list, bg: Background, colours: bool = True) -> str:
     """Every object with its colour (and fill), identical ones counted, and the background."""
     with_size = rng.random() < 0.3
     groups: Counter[tuple[str, str, str, str]] = Counter(
@@ -116,8 +122,9 @@ def caption_medium(rng: Dice, objects: list, bg: Background) -> str:
     for (size, colour, fill, name), n in groups.items():
         words = [rng.pick(SIZE_WORDS[size]) if size else "", colour, rng.pick(FILL_WORDS[fill])]
         adj = " ".join(w for w in words if w)
-        parts.append(_a(f"{adj} {name}") if n == 1 else f"{NUMBERS[n]} {adj} {plural(name)}")
-    objs, back = _join(parts), background_short(rng, bg)
+        one, many = (" ".join(w for w in (adj, x) if w) for x in (name, plural(name)))
+        parts.append(_a(one) if n == 1 else f"{NUMBERS[n]} {many}")
+    objs, back = _join(parts), background_short(rng, bg, colours)
     template = rng.pick(
         (
             "{o} on {b}",
@@ -142,9 +149,9 @@ def _referents(objects: list) -> list[str | None]:
     out: list[str | None] = []
     for o, k, s in zip(objects, keys, sized, strict=True):
         if keys.count(k) == 1:
-            out.append(f"the {o.colour} {o.class_name}")
+            out.append(" ".join(w for w in ("the", o.colour, o.class_name) if w))
         elif sized.count(s) == 1:
-            out.append(f"the {o.size} {o.colour} {o.class_name}")
+            out.append(" ".join(w for w in ("the", o.size, o.colour, o.class_name) if w))
         else:
             out.append(None)
     return out
@@ -187,13 +194,13 @@ def _relations(rng: Dice, objects: list, size: int) -> list[str]:
     return occl + rng.shuffled(spatial)
 
 
-def caption_long(rng: Dice, objects: list, bg: Background, size: int) -> str:
+def caption_long(rng: Dice, objects: list, bg: Background, size: int, colours: bool = True) -> str:
     """Counts, per-object attributes and positions, relations and the background."""
     n = len(objects)
     things = rng.pick(("objects", "items", "figures"))
     counts = Counter(o.class_name for o in objects)
     summary = _join([_a(c) if k == 1 else f"{NUMBERS[k]} {plural(c)}" for c, k in counts.items()])
-    back = background_long(rng, bg)
+    back = background_long(rng, bg, colours)
     if n == 1:
         opening = rng.pick(
             (
@@ -252,15 +259,26 @@ def caption_long(rng: Dice, objects: list, bg: Background, size: int) -> str:
             ]
             text = " ".join([opening, _join(compact) + "."])
         if _words(text) > MAX_LONG_WORDS:
-            opening = f"{_cap(NUMBERS[n])} {things} on {background_short(rng, bg)}:"
+            opening = f"{_cap(NUMBERS[n])} {things} on {background_short(rng, bg, colours)}:"
             text = " ".join([opening, _join(compact) + "."])
     return text
 
 
-def make_captions(rng: Dice, objects: list, bg: Background, size: int) -> dict[str, str]:
-    """The three captions of a scene: alt_text, caption_medium, caption_long."""
+def make_captions(
+    rng: Dice,
+    objects: list,
+    bg: Background,
+    size: int,
+    alt_mode: str = "partial",
+    colours: bool = True,
+) -> dict[str, str]:
+    """The three captions of a scene: alt_text (`alt_mode`: see alt_text), caption_medium,
+    caption_long. With `colours=False` no caption names a colour, of an object or of the
+    background (objects are then described by class, size, count, position, relations)."""
+    if not colours:
+        objects = [dataclasses.replace(o, colour="") for o in objects]
     return {
-        "alt_text": alt_text(rng, objects, bg),
-        "caption_medium": caption_medium(rng, objects, bg),
-        "caption_long": caption_long(rng, objects, bg, size),
+        "alt_text": alt_text(rng, objects, bg, alt_mode),
+        "caption_medium": caption_medium(rng, objects, bg, colours),
+        "caption_long": caption_long(rng, objects, bg, size, colours),
     }

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from tipsv2_core.atomic import COMPLETE_FILE, commit_directory, temporary_sibling
 from tipsv2_core.data.card import CardBuilder
-from tipsv2_core.data.classes import CLASS_NAMES, IGNORE_INDEX
+from tipsv2_core.data.classes import IGNORE_INDEX
 from tipsv2_core.data.layout import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -37,9 +37,15 @@ from tipsv2_core.data.layout import (
 )
 from tipsv2_core.data.shards import ShardWriter, encode_sample
 from tipsv2_core.data.synthetic import check_image_size, generate_scene
+from tipsv2_core.data.worlds import (
+    DEFAULT_NUM_IMAGES,  # noqa: F401 (re-exported: the dataset's defaults live with it)
+    DEFAULT_SPLITS,
+    DEFAULT_WORLD,
+    get_world,
+)
 
 GENERATOR = "tipsv2_core.data.synthetic"
-GENERATOR_VERSION = 1  # bump when the same (seed, index) would draw a different scene
+GENERATOR_VERSION = 2  # bump when the same (seed, index, world) would draw another scene
 SPLIT_NAMES = ("train", "val", "test")
 SOURCE = "synthetic"
 MAX_SHARD_BYTES = 1 << 30
@@ -72,10 +78,10 @@ def _normalise_splits(splits: Sequence[float] | Mapping[str, float]) -> dict[str
     return out
 
 
-def _make(task: tuple[int, int, int, tuple[tuple[str, float], ...]]) -> dict[str, Any]:
+def _make(task: tuple[int, int, int, tuple[tuple[str, float], ...], str]) -> dict[str, Any]:
     """One encoded sample; runs in the worker processes."""
-    seed, index, size, splits = task
-    scene = generate_scene(seed, index, size)
+    seed, index, size, splits, world = task
+    scene = generate_scene(seed, index, size, world)
     key = sample_key(seed, index)
     meta = {
         **scene.captions,
@@ -113,11 +119,13 @@ def write_synthetic_dataset(
     image_size: int = 112,
     seed: int = 0,
     shard_size: int = 1000,
-    splits: Sequence[float] | Mapping[str, float] = (0.9, 0.05, 0.05),
+    splits: Sequence[float] | Mapping[str, float] = DEFAULT_SPLITS,
     workers: int = 1,
     progress: bool = True,
+    world: str = DEFAULT_WORLD,
 ) -> Path:
-    """Generates `num_images` scenes into a dataset directory at `out` (path or file://).
+    """Generates `num_images` scenes of `world` (worlds.WORLDS) into a dataset directory
+    at `out` (path or file://).
 
     Everything is written to a hidden sibling directory, which replaces `out` only once
     complete (COMPLETE written last); a failed run leaves a previous dataset at `out`
@@ -130,6 +138,7 @@ def write_synthetic_dataset(
             f"num_images={num_images} shard_size={shard_size} workers={workers} seed={seed}"
         )
     ratios = _normalise_splits(splits)
+    class_names = get_world(world).class_names
     path = local_path(out)
     complete = (path / COMPLETE_FILE).is_file()
     if path.exists() and not complete and (not path.is_dir() or any(path.iterdir())):
@@ -137,9 +146,10 @@ def write_synthetic_dataset(
     tmp = temporary_sibling(path)
     writers: dict[str, ShardWriter] = {}
     try:
-        card = CardBuilder(CLASS_NAMES, [s for s, r in ratios.items() if r > 0])
+        card = CardBuilder(class_names, [s for s, r in ratios.items() if r > 0])
         rows = []
-        tasks = [(seed, i, image_size, tuple(ratios.items())) for i in range(num_images)]
+        items = tuple(ratios.items())
+        tasks = [(seed, i, image_size, items, world) for i in range(num_images)]
         bar = tqdm(total=num_images, disable=not progress, unit="img", desc="synth")
         for r in _results(tasks, workers):
             meta = r["meta"]
@@ -164,6 +174,7 @@ def write_synthetic_dataset(
                 "generator": {
                     "name": GENERATOR,
                     "version": GENERATOR_VERSION,
+                    "world": world,
                     "seed": seed,
                     "image_size": image_size,
                     "num_images": num_images,

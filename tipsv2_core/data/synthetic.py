@@ -1,8 +1,9 @@
 """Synthetic scenes with pixel-exact label maps and three captions of growing detail.
 
-A scene is 1–5 objects from `CLASS_NAMES` on one of five background kinds, with small
-distractor marks ("clutter"). Each object's class, colour, size, fill, rotation and
-position are drawn independently; later objects occlude earlier ones. The image, the
+A scene is a few objects of its world's classes (worlds.py) on a background, with small
+distractor marks ("clutter"). Each object's class, colour, size, rotation and position
+are drawn independently, and so is its fill, unless the world gives each class its own
+texture (textures.py); later objects occlude earlier ones. The image, the
 label map and the instance map are written through the same boolean mask per object, so
 they agree exactly. An object is redrawn elsewhere (or dropped) whenever it, or an object
 it would cover, would keep less than `MIN_VISIBLE` of its pixels, so every object the
@@ -11,7 +12,7 @@ captions mention is visible in the label map.
 Label map: class id per pixel, 0 = background, 255 (`IGNORE_INDEX`) = clutter marks.
 Instance map: 0 = no object, i + 1 = `objects[i]`.
 
-Everything is a function of `(seed, index)` only (`np.random.default_rng([seed, index])`).
+Everything is a function of `(seed, index, world)` only (`np.random.default_rng([seed, index])`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from tipsv2_core.data.backgrounds import Background, draw_background
 from tipsv2_core.data.captions import make_captions
-from tipsv2_core.data.classes import CLASS_IDS, CLASS_NAMES, IGNORE_INDEX
+from tipsv2_core.data.classes import IGNORE_INDEX
 from tipsv2_core.data.palette import (
     OBJECT_COLOURS,
     allowed_object_colours,
@@ -32,18 +33,16 @@ from tipsv2_core.data.palette import (
 )
 from tipsv2_core.data.rand import Dice, cumulative
 from tipsv2_core.data.shapes import SHAPES, Raster, place, rasterize
+from tipsv2_core.data.textures import texture_colours
 from tipsv2_core.data.vocabulary import position_of
+from tipsv2_core.data.worlds import DEFAULT_WORLD, World, get_world
 
 MIN_SIZE, MAX_SIZE = 112, 448
 MIN_VISIBLE = 0.35  # fraction of an object's own pixels that must stay uncovered
 MIN_PIXELS = 30  # and at least this many at 112 px (scaled with the area at other sizes)
-SIZES = {"small": (0.08, 0.12), "medium": (0.13, 0.18), "large": (0.19, 0.26)}  # radius / S
 FILLS = ("solid", "striped", "dotted", "checkered", "outline")
 _FILL_CUM = cumulative((0.4, 0.15, 0.15, 0.15, 0.15))
-_COUNT_CUM = cumulative((0.15, 0.25, 0.25, 0.2, 0.15))  # 1..5 objects
-_SIZE_WORDS = tuple(SIZES)
 _TRIES = 10
-OBJECT_CLASSES = CLASS_NAMES[1:]
 _T12 = np.linspace(0, 2 * np.pi, 12, endpoint=False)
 
 
@@ -56,7 +55,7 @@ class SceneObject:
     colour: str  # OBJECT_COLOURS name
     rgb: tuple[int, int, int]  # the jittered colour actually drawn
     size: str  # "small" | "medium" | "large"
-    fill: str  # one of FILLS
+    fill: str  # one of FILLS ("solid" where the world gives the class a texture)
     rotation: float  # degrees, clockwise on screen
     flipped: bool  # mirrored left-right
     center: tuple[float, float]  # where the shape was placed (x, y)
@@ -67,6 +66,7 @@ class SceneObject:
     centroid: tuple[float, float] = (0.0, 0.0)  # mean (x, y) of the visible pixels
     position: str = ""  # 3×3 grid word of the centroid, e.g. "top left", "center"
     occluded_by: dict[int, int] = field(default_factory=dict)  # later object index -> pixels
+    texture: str = ""  # the class-typical texture (textures.py), "" in worlds without
 
     def to_json(self) -> dict:
         """JSON-ready attributes (the class as "class"; occluders keyed by object index)."""
@@ -84,7 +84,7 @@ class SceneObject:
             "centroid": [round(self.centroid[0], 2), round(self.centroid[1], 2)],
             "position": self.position,
             "occluded_by": {str(j): px for j, px in self.occluded_by.items()},
-        }
+        } | ({"texture": self.texture} if self.texture else {})
 
 
 @dataclass
@@ -101,12 +101,13 @@ class Scene:
     background_kind: str
     captions: dict[str, str]  # alt_text, caption_medium, caption_long
     clutter: int = 0  # number of distractor marks (labelled IGNORE_INDEX)
+    world: str = DEFAULT_WORLD
 
     @property
     def classes(self) -> list[str]:
         """Names of the object classes visible in the label map, by class id."""
-        ids = np.unique(self.label)
-        return [CLASS_NAMES[i] for i in ids if 0 < i < len(CLASS_NAMES)]
+        names = get_world(self.world).class_names
+        return [names[i] for i in np.unique(self.label) if 0 < i < len(names)]
 
 
 def check_image_size(image_size: int) -> None:
@@ -185,12 +186,13 @@ def _fill_colours(obj: SceneObject, ys: np.ndarray, xs: np.ndarray) -> np.ndarra
 
 
 def _propose(
-    rng: Dice, size: int, class_name: str, fill: str, shrink: bool
+    rng: Dice, world: World, size: int, class_name: str, fill: str, shrink: bool
 ) -> tuple[SceneObject, list]:
     """Random geometry (size word, rotation, flip, position) for one object."""
     spec = SHAPES[class_name]
-    size_word = "small" if shrink else rng.pick(_SIZE_WORDS)
-    radius = rng.uniform(*SIZES[size_word]) * size
+    sizes = dict(world.sizes)
+    size_word = "small" if shrink else rng.pick(tuple(sizes))
+    radius = rng.uniform(*sizes[size_word]) * size
     rotation = rng.uniform(-spec.max_rotation, spec.max_rotation)
     flip = bool(spec.flippable and rng.random() < 0.5)
     cx, cy = rng.uniform(radius, size - radius), rng.uniform(radius, size - radius)
@@ -201,7 +203,7 @@ def _propose(
     parts = [(p + shift, add) for p, add in parts]
     obj = SceneObject(
         class_name,
-        CLASS_IDS[class_name],
+        world.class_ids[class_name],
         "",
         (0, 0, 0),
         size_word,
@@ -214,14 +216,19 @@ def _propose(
     return obj, parts
 
 
-def generate_scene(seed: int, index: int, image_size: int) -> Scene:
-    """The scene number `index` of the dataset with `seed`, drawn at `image_size` pixels."""
+def generate_scene(
+    seed: int, index: int, image_size: int, world: str | World = DEFAULT_WORLD
+) -> Scene:
+    """The scene number `index` of the dataset with `seed`, drawn at `image_size` pixels
+    in `world` (a name from worlds.WORLDS, or a World)."""
     check_image_size(image_size)
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be non-negative, got seed={seed} index={index}")
+    w = get_world(world) if isinstance(world, str) else world
     size = int(image_size)
     rng = Dice(np.random.default_rng([int(seed), int(index)]))
-    image, bg = draw_background(rng, size)
+    kinds, weights = zip(*w.backgrounds, strict=True)
+    image, bg = draw_background(rng, size, kinds, cumulative(weights))
     label = np.zeros((size, size), np.uint8)
     instance = np.zeros((size, size), np.uint8)
     clutter = _draw_clutter(rng, image, label)
@@ -232,13 +239,16 @@ def generate_scene(seed: int, index: int, image_size: int) -> Scene:
     regions: list[tuple[int, int, int, int]] = []
     areas: list[int] = []
     visible: list[int] = []
-    n_target = rng.pick_weighted((1, 2, 3, 4, 5), _COUNT_CUM)
+    counts = tuple(range(1, len(w.count_weights) + 1))
+    n_target = rng.pick_weighted(counts, cumulative(w.count_weights))
     for _ in range(n_target):
-        class_name = rng.pick(OBJECT_CLASSES)
-        fill = rng.pick_weighted(FILLS, _FILL_CUM)
+        class_name = rng.pick(w.classes)
+        texture = w.texture_of(class_name)
+        fill = "solid" if texture else rng.pick_weighted(FILLS, _FILL_CUM)
         colour = rng.pick(colours)
         for attempt in range(_TRIES):
-            obj, parts = _propose(rng, size, class_name, fill, shrink=attempt >= _TRIES // 2)
+            shrink = attempt >= _TRIES // 2
+            obj, parts = _propose(rng, w, size, class_name, fill, shrink)
             stroke = max(2, round(obj.radius * 0.16)) if fill == "outline" else 0
             mask, x0, y0, x1, y1 = _clip(rasterize(parts, stroke), size)
             area = int(mask.sum())
@@ -266,7 +276,12 @@ def generate_scene(seed: int, index: int, image_size: int) -> Scene:
             visible[j] -= int(lost[j])
             objects[j].occluded_by[k] = int(lost[j])
         ys, xs = np.nonzero(mask)
-        image[y0:y1, x0:x1][mask] = _fill_colours(obj, ys + y0, xs + x0)
+        if texture:
+            obj.texture = texture
+            paint = texture_colours(texture, obj.rgb, ys + y0, xs + x0, obj.center, size)
+        else:
+            paint = _fill_colours(obj, ys + y0, xs + x0)
+        image[y0:y1, x0:x1][mask] = paint
         label[y0:y1, x0:x1][mask] = obj.class_id
         instance[y0:y1, x0:x1][mask] = k + 1
         objects.append(obj)
@@ -287,7 +302,7 @@ def generate_scene(seed: int, index: int, image_size: int) -> Scene:
         obj.centroid = (float(xs.mean()) + x0, float(ys.mean()) + y0)
         obj.position = position_of(obj.centroid, size)
 
-    captions = make_captions(rng, objects, bg, size)
+    captions = make_captions(rng, objects, bg, size, alt_mode=w.alt_text, colours=w.caption_colours)
     return Scene(
         int(seed),
         int(index),
@@ -299,6 +314,7 @@ def generate_scene(seed: int, index: int, image_size: int) -> Scene:
         bg.kind,
         captions,
         clutter,
+        w.name,
     )
 
 

@@ -62,7 +62,19 @@ def position_of(centroid: tuple[float, float], size: int) -> str:
     return GRID[row][col]
 
 
-def background_short(rng: Dice, bg: Background) -> str:
+# Backgrounds named without their colours (worlds whose captions name no colour).
+COLOURLESS_SHORT = {
+    "plain": ("a plain background", "a flat background", "a plain backdrop"),
+    "gradient": ("a gradient background", "a smooth gradient", "a shaded backdrop"),
+    "stripes": ("a striped background", "a background of stripes"),
+    "noise": ("a textured background", "a grainy backdrop", "a noisy background"),
+    "checker": ("a checkered background", "a checkerboard background"),
+}
+
+
+def background_short(rng: Dice, bg: Background, colours: bool = True) -> str:
+    if not colours:
+        return rng.pick(COLOURLESS_SHORT[bg.kind])
     c = bg.colours
     options = {
         "plain": (f"a {c[0]} background", f"a plain {c[0]} background", f"a {c[0]} backdrop"),
@@ -90,8 +102,11 @@ def background_short(rng: Dice, bg: Background) -> str:
     return rng.pick(options[bg.kind])
 
 
-def background_long(rng: Dice, bg: Background) -> str:
+def background_long(rng: Dice, bg: Background, colours: bool = True) -> str:
     c, o = bg.colours, bg.orientation
+    if not colours:
+        extra = {"gradient": (f"a smooth {o} gradient",), "stripes": (f"{o} stripes",)}
+        return rng.pick(COLOURLESS_SHORT[bg.kind] + extra.get(bg.kind, ()))
     options = {
         "plain": (
             f"a plain {c[0]} background",
