@@ -38,7 +38,9 @@ def bench_case(variant: str, size: int, batch: int, reps: int) -> dict:
 
     def reference():
         with torch.inference_mode():
-            return vision_forward(sd, images, heads)
+            return vision_forward(
+                sd, images, heads, input_mean=model.cfg.input_mean, input_std=model.cfg.input_std
+            )
 
     out, ref = ours(), reference()
     diff = max(

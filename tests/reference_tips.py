@@ -57,12 +57,18 @@ def vision_forward(
     masks: Tensor | None = None,
     values_last: bool = False,
     patch: int = 14,
+    input_mean: float = 0.0,
+    input_std: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(cls1 [B, D], cls2 [B, D], patches [B, h, w, D]) after the final norm."""
+    """(cls1 [B, D], cls2 [B, D], patches [B, h, w, D]) after the final norm.
+
+    input_mean / input_std: the variant's pixel standardisation (0 / 1 for official sizes).
+    """
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     b, _, hh, ww = images.shape
     h, w = hh // patch, ww // patch
     # Patchify by hand: [B, 3, h, p, w, p] -> [B, h*w, 3*p*p], then one matmul.
+    images = (images - input_mean) / input_std
     pieces = images.reshape(b, 3, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5)
     pieces = pieces.reshape(b, h * w, 3 * patch * patch)
     wconv = sd["patch_embed.proj.weight"]

@@ -60,7 +60,10 @@ def test_embed_image_reproduces_the_official_script(release, nano, image_files, 
     assert list(got["inputs"]) == image_files
     images = torch.stack([_preprocess(p, 112) for p in image_files])
     sd = {k: v.detach() for k, v in nano.vision.state_dict().items()}
-    cls1, cls2, patches = vision_forward(sd, images, heads=3)
+    cfg = nano.vision.cfg
+    cls1, cls2, patches = vision_forward(
+        sd, images, heads=3, input_mean=cfg.input_mean, input_std=cfg.input_std
+    )
     for name, ref in (("cls1", cls1), ("cls2", cls2)):
         ref = ref / ref.norm(dim=-1, keepdim=True).clamp_min(1e-3)
         np.testing.assert_allclose(got[name], ref.numpy(), atol=1e-5)

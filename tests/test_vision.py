@@ -18,7 +18,8 @@ TOL = 1e-5
 
 def _ref(model, images, **kw):
     sd = {k: v.detach() for k, v in model.state_dict().items()}
-    return vision_forward(sd, images, model.cfg.num_heads, **kw)
+    std = {"input_mean": model.cfg.input_mean, "input_std": model.cfg.input_std}
+    return vision_forward(sd, images, model.cfg.num_heads, **std, **kw)
 
 
 @pytest.mark.parametrize("size", [(224, 224), (112, 168), (98, 98), (448, 448)])

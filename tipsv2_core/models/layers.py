@@ -14,11 +14,23 @@ LN_EPS = 1e-6  # the vision tower's LayerNorm epsilon (Scenic / Flax default)
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patchify: [B, 3, H, W] -> [B, H/p * W/p, D] (row-major patches)."""
+    """Non-overlapping patchify: [B, 3, H, W] -> [B, H/p * W/p, D] (row-major patches).
 
-    def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3) -> None:
+    Pixels are standardised first, (x - mean) / std, where a variant asks for it (see
+    VisionConfig.input_mean); with mean 0 and std 1 the input goes in untouched.
+    """
+
+    def __init__(
+        self,
+        patch_size: int,
+        embed_dim: int,
+        in_chans: int = 3,
+        mean: float = 0.0,
+        std: float = 1.0,
+    ) -> None:
         super().__init__()
         self.patch_size = patch_size
+        self.mean, self.std = float(mean), float(std)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -29,6 +41,8 @@ class PatchEmbed(nn.Module):
                 f"image size {h}x{w} is not a multiple of the patch size {p}; "
                 f"resize it first (e.g. to {max(p, round(h / p) * p)}x{max(p, round(w / p) * p)})"
             )
+        if self.mean != 0.0 or self.std != 1.0:
+            x = (x - self.mean) / self.std
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
