@@ -52,7 +52,7 @@ class DataCfg:
     flip_p: float = 0.5
     mask_ratio: float = 0.75
     mask_mode: str = "random"  # "random" | "block"
-    caption_strategy: str = "two_cls_multi"  # see tipsv2_core/data/captions_sampling.py
+    caption_strategy: str = "two_cls_multi"  # see tipsv2_core/data/caption_sampling.py
     text_max_len: int = 64
     tokenizer: str = ""  # SentencePiece model; empty: train one on the dataset's captions
     tokenizer_vocab: int = 4000  # size of a tokenizer trained by the run
@@ -108,6 +108,11 @@ class RunCfg:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA) | "fp32" | "bf16"
     data_version: str = ""  # recorded in checkpoints (DVC revision when run by the pipeline)
+    # Learning curves (tipsv2_core/train/probe.py): zero-shot mIoU and retrieval R@1 on
+    # the first probe_images samples of probe_split, every probe_every steps (0: off).
+    probe_every: int = 0
+    probe_images: int = 100
+    probe_split: str = "val"
 
 
 @dataclass
@@ -304,6 +309,8 @@ def validate(cfg: TrainConfig, patch_size: int = 14) -> TrainConfig:
     _check(op.lr > 0 and op.min_lr >= 0, "optim.lr must be > 0 and optim.min_lr >= 0")
     _check(op.accum_steps >= 1, "optim.accum_steps must be >= 1")
     _check(cfg.run.precision in ("auto", "fp32", "bf16"), f"run.precision={cfg.run.precision!r}")
+    _check(cfg.run.probe_every >= 0, f"run.probe_every={cfg.run.probe_every} must be >= 0")
+    _check(cfg.run.probe_images >= 1, f"run.probe_images={cfg.run.probe_images} must be >= 1")
     _check(0.0 <= cfg.distill.mask_ratio < 1.0, "distill.mask_ratio must be in [0, 1)")
     from tipsv2_core.data.caption_sampling import STRATEGIES
 

@@ -180,7 +180,8 @@ def run_train(args: argparse.Namespace) -> int:
         history = result.history
     else:
         summary, history = _run_on_ray(args, cfg, out)
-    last = history[-1] if history else {}
+    # The last training row (probe rows, when any, carry no losses).
+    last = next((r for r in reversed(history) if "train/loss" in r), {})
     losses = {k.removeprefix("train/"): round(v, 4) for k, v in last.items() if k.endswith("loss")}
     print(json.dumps({"out": str(Path(out).resolve()), "final": str(Path(out).resolve() / "final"),
                       **summary, **losses}))  # fmt: skip

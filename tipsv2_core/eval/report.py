@@ -1,9 +1,10 @@
 """One self-contained HTML report per evaluation (images inlined; opens without network).
 
 Sections: lineage (checkpoint, data version, git SHA, config), metric tables, per-class
-IoU, image | ground truth | prediction for a sample of images, PCA feature maps, and the
-training loss curves when the checkpoint's run directory has a metrics.jsonl. Every plot
-is also written as a PNG next to the HTML.
+IoU, image | ground truth | prediction for a sample of images, PCA feature maps, the
+training loss curves when the checkpoint's run directory has a metrics.jsonl, and the
+learning curves (zero-shot mIoU and retrieval R@1 during training) when the run was
+probed (`run.probe_every`). Every plot is also written as a PNG next to the HTML.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import numpy as np
 from PIL import Image
 
 STYLE = "body{font-family:sans-serif;margin:2em}td{padding:2px 12px}img{margin:2px}"
-SECTIONS = ("Lineage", "Metrics", "Per-class IoU", "Predictions", "PCA features", "Training curves")
+SECTIONS = (
+    "Lineage",
+    "Metrics",
+    "Per-class IoU",
+    "Predictions",
+    "PCA features",
+    "Training curves",
+    "Learning curves",
+)
 
 
 @dataclass
@@ -67,10 +76,11 @@ def _iou_chart(metrics: dict[str, float]) -> Image.Image | None:
     return img
 
 
-def _loss_chart(history: list[dict[str, float]]) -> Image.Image | None:
-    keys = sorted(
-        {k for row in history for k in row if k.endswith("_loss") and k.startswith("train/")}
-    )
+def _curves(
+    history: list[dict[str, float]], keys: list[str], prefix: str, ylabel: str = ""
+) -> Image.Image | None:
+    """One line per key over the steps, with markers, so that a run with a few logged
+    points (a smoke run) still shows them."""
     if not keys:
         return None
     import matplotlib
@@ -81,12 +91,28 @@ def _loss_chart(history: list[dict[str, float]]) -> Image.Image | None:
     fig, ax = plt.subplots(figsize=(8, 4))
     for k in keys:
         pts = [(r["step"], r[k]) for r in history if k in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k.removeprefix("train/"))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
+                label=k.removeprefix(prefix))  # fmt: skip
     ax.set_xlabel("step")
+    if ylabel:
+        ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     img = _figure_png(fig)
     plt.close(fig)
     return img
+
+
+def _loss_chart(history: list[dict[str, float]]) -> Image.Image | None:
+    keys = sorted(
+        {k for row in history for k in row if k.endswith("_loss") and k.startswith("train/")}
+    )
+    return _curves(history, keys, "train/")
+
+
+def _learning_chart(history: list[dict[str, float]]) -> Image.Image | None:
+    """Zero-shot mIoU and retrieval R@1 on held-out data during training (probe/*)."""
+    keys = sorted({k for row in history for k in row if k.startswith("probe/")})
+    return _curves(history, keys, "probe/", "held-out score (fraction)")
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -106,6 +132,7 @@ def write_report(data: ReportData, out: str | os.PathLike) -> Path:
     plots = {
         "per_class_iou": _iou_chart(data.metrics),
         "training_curves": _loss_chart(data.history),
+        "learning_curves": _learning_chart(data.history),
     }
     for name, img in plots.items():
         if img is not None:
@@ -129,6 +156,13 @@ def write_report(data: ReportData, out: str | os.PathLike) -> Path:
         f'<img src="{_png(curves)}">'
         if curves
         else "<p>no metrics.jsonl found for this checkpoint</p>"
+    )
+    parts.append("<h2>Learning curves</h2>")
+    learning = plots["learning_curves"]
+    parts.append(
+        f'<img src="{_png(learning)}">'
+        if learning
+        else "<p>the run was not probed during training (set run.probe_every)</p>"
     )
     title = html.escape(data.title)
     head = f"<meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>"

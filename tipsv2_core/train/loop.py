@@ -40,6 +40,7 @@ from tipsv2_core.train.checkpointing import (
     save_training_checkpoint,
 )
 from tipsv2_core.train.optim import build_optimizer, set_hyperparams
+from tipsv2_core.train.probe import Probe
 from tipsv2_core.train.schedules import cosine, linear_warmup, warmup_cosine
 from tipsv2_core.train.tokenizer_setup import ensure_tokenizer
 
@@ -199,6 +200,7 @@ def run_training(
     }
     if rank == 0:
         (out / "config.json").write_text(json.dumps(meta["config"], indent=2) + "\n")
+    probe = Probe(cfg, tokenizer) if cfg.run.probe_every and rank == 0 else None
 
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
@@ -314,6 +316,13 @@ def run_training(
                 }
                 | {"lr": f"{lr:.1e}", "img/s": f"{row['train/images_per_s']:.0f}"}
             )
+        if probe is not None and (done % cfg.run.probe_every == 0 or done == end):
+            row = {"step": done, **probe(arch.student)}
+            history.append(row)
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if on_log is not None:
+                on_log(row)
         bar.update(1)
         if done % cfg.run.checkpoint_every == 0 or done == total:
             path = None
