@@ -57,7 +57,7 @@ def prepare_dataset(
     out: str,
     sources: Sequence[str],
     *,
-    synth_images: int = 200,
+    synth_images: int = 4000,
     image_size: int = 112,
     seed: int = 0,
     workers: int = 1,
@@ -385,6 +385,9 @@ def evaluate_model(
     `{"metrics": {eval/<task>/<dataset>/<metric>: value}, "variant", ...}`.
 
     Metrics go to MLflow as the step `evaluate/<role>` under the pipeline's parent run.
+    The teacher's evaluation also scores the controls (tipsv2_core/eval/controls.py): a
+    random-init encoder of the same variant, returned as "random_init", and the
+    colour-only oracle, as "colour_oracle", so a summary shows what training gained.
     """
     from tipsv2_core.checkpoint import read_meta
     from tipsv2_core.eval.predictions import palette
@@ -398,7 +401,7 @@ def evaluate_model(
     t0 = time.perf_counter()
     run_dir = Path(_local(model_dir))
     checkpoint = run_dir / "final"
-    views = open_eval_views(_local(dataset), limit=limit)
+    views = open_eval_views(_local(dataset), limit=limit or None)  # 0 or None: every sample
     model = load_model(str(checkpoint))
     tokenizer = Tokenizer(run_dir / "tokenizer.model")
     kept: dict[str, Any] = {}
@@ -407,14 +410,19 @@ def evaluate_model(
         if len(kept) < REPORT_SAMPLES:
             kept[key] = pred
 
+    options: dict[str, dict[str, Any]] = {
+        task: {"mode": "whole", "eval_size": eval_size}
+        if task == "zeroshot_seg"
+        else {"image_size": image_size}
+        for task in tasks
+    }
     metrics: dict[str, float] = {}
     for task in tasks:
-        opts: dict[str, Any] = {"image_size": image_size}
-        if task == "zeroshot_seg":
-            opts = {"mode": "whole", "eval_size": eval_size, "on_prediction": keep}
+        opts = options[task] | ({"on_prediction": keep} if task == "zeroshot_seg" else {})
         metrics |= run_evaluation(
             task, model, tokenizer, views.view_for(task, "eval"), progress=False, **opts
         )
+    controls = _controls(model.variant.name, tokenizer, views, tasks, options, dataset, role)
     meta = read_meta(checkpoint)
     seg = views.seg
     rows = []
@@ -468,8 +476,35 @@ def evaluate_model(
         "role": role,
         "variant": model.variant.name,
         "metrics": metrics,
+        **controls,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _controls(
+    variant: str,
+    tokenizer: Any,
+    views: Any,
+    tasks: Sequence[str],
+    options: Mapping[str, Mapping[str, Any]],
+    dataset: str,
+    role: str,
+) -> dict[str, dict[str, float]]:
+    """The teacher's controls: {"random_init": metrics, "colour_oracle": metrics}."""
+    from tipsv2_core.eval.controls import colour_oracle_miou, random_init_metrics
+    from tipsv2_core.eval.readers.resolve import open_train_views
+
+    if role != "teacher":
+        return {}
+    out = {"random_init": random_init_metrics(variant, tokenizer, views, tasks, options)}
+    if "zeroshot_seg" in tasks and views.seg is not None:
+        try:
+            train = open_train_views(_local(dataset), "auto", None, None).seg
+        except (FileNotFoundError, ValueError):
+            train = None  # a layout without a training split: no oracle to fit
+        if train is not None:
+            out["colour_oracle"] = colour_oracle_miou(train, views.seg)
+    return out
 
 
 def _primary(metrics: Mapping[str, float], primary_metric: str) -> str:

@@ -487,7 +487,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
     def tipsv2(
         recipe: str = "demo",
         sources: list[str] = [],  # noqa: B006 (KFP reads the default; none: synthetic data)
-        synth_images: int = 200,
+        synth_images: int = 4000,
         image_size: int = 112,
         student_variants: list[str] = ["nano14"],  # noqa: B006
         workers: int = 1,
@@ -498,7 +498,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
         validation: dict = {},  # noqa: B006 (components.validate.ValidationConfig fields)
         tokenizer_vocab: int = 1000,
         eval_tasks: list[str] = ["zeroshot_seg", "retrieval"],  # noqa: B006
-        eval_limit: int = 50,
+        eval_limit: int = 0,  # 0: the whole eval split
         eval_image_size: int = 224,
         export_image_size: int = 224,
         primary_metric: str = "",

@@ -525,15 +525,20 @@ def test_summary_from_task_outputs(tmp_path):
             "metadata": {"num_samples": 120, "counts": {"train": 108}, "passed": True},
         },
     )
+    controls = {
+        "random_init": {metric: 0.0123},
+        "colour_oracle": {"eval/colour_oracle/synth/miou": 0.0456},
+    }
     for path, role, value in (
         ("evaluate", "teacher", 0.2),
         ("for-loop-3-iteration-0/evaluate-2", "student", 0.3),
     ):
+        meta = {"role": role, "variant": "nano14"} | (controls if role == "teacher" else {})
         _task(
             run,
             path,
             metrics={"uri": "m", "metadata": {metric: value}},
-            report={"uri": f"{path}/report", "metadata": {"role": role, "variant": "nano14"}},
+            report={"uri": f"{path}/report", "metadata": meta},
         )
     _task(run, "select-candidate", {"name": "distill/nano14"})
     _task(run, "export-onnx", onnx_model={"uri": "/x/onnx", "metadata": {"max_abs_diff": 1e-6}})
@@ -557,6 +562,12 @@ def test_summary_from_task_outputs(tmp_path):
         and "0.3000" in text
         and "mlflow ui --backend-store-uri" in text
     )
+    # The random-init control stands beside the teacher and students, on the same row.
+    header = next(line for line in text.splitlines() if line.startswith("metric"))
+    assert header.split()[-2:] == ["random", "init"]
+    row = next(line for line in text.splitlines() if line.startswith(metric))
+    assert row.split()[1:] == ["0.2000", "0.3000", "0.0123"]
+    assert "colour-only oracle" in text and "0.0456" in text
 
 
 # ---------------------------------------------------------------------------------------
@@ -613,6 +624,10 @@ def test_tipsv2_run_smoke_end_to_end_then_from_the_cache(e2e_home):
     assert len(miou) == 1 and 0.0 <= s["teacher"]["metrics"][miou[0]] <= 1.0
     assert [x["variant"] for x in s["students"]] == ["nano14"]
     assert miou[0] in s["students"][0]["metrics"]
+    # The controls: a random-init encoder scored on the same split, and the colour oracle.
+    assert 0.0 <= s["random_init"][miou[0]] <= 1.0
+    assert [k for k in s["colour_oracle"] if k.endswith("/miou")]
+    assert "random init" in text and "colour-only oracle" in text
     assert s["promotion"]["passed"] is True and s["promotion"]["action"] == "promoted"
     assert s["registered_version"] == "1"
     onnx = Path(s["onnx_model"])

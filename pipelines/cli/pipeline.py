@@ -467,6 +467,9 @@ def build_summary(run_dir: Path | None, steps: Sequence[StepRecord], error: str 
             summary["reports"].append(report.get("uri"))
             if meta.get("role") == "teacher":
                 summary["teacher"] = entry
+                # The controls scored beside the teacher (components.steps.evaluate_model).
+                summary["random_init"] = meta.get("random_init")
+                summary["colour_oracle"] = meta.get("colour_oracle")
             else:
                 summary["students"].append(entry)
         elif base == "select-candidate":
@@ -528,7 +531,16 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         roles = roles or ["student"] * len(models)
         header = ["metric"] + [f"{r} {m['variant']}" for r, m in zip(roles, models, strict=True)]
         rows = [[n] + [_fmt(m["metrics"].get(n)) for m in models] for n in names]
+        if summary.get("random_init"):  # the floor: the teacher's variant, untrained
+            header.append("random init")
+            for row, n in zip(rows, names, strict=True):
+                row.append(_fmt(summary["random_init"].get(n)))
         lines += ["", *_table(header, rows)]
+        for name, value in (summary.get("colour_oracle") or {}).items():
+            if name.endswith("/miou"):
+                lines.append(
+                    f"colour-only oracle (classes from pixel colour alone): {name} {_fmt(value)}"
+                )
     promo = summary.get("promotion")
     if promo:
         lines.append(
