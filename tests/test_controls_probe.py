@@ -86,3 +86,11 @@ def test_probe_writes_learning_curves_and_leaves_training_bit_identical(dataset,
         assert 0.0 <= r["probe/zeroshot_seg/miou"] <= 1.0
         assert 0.0 <= r["probe/retrieval/i2t_r@1"] <= 1.0
     assert not any("probe/" in k for r in rows if "train/loss" in r for k in r)
+
+
+@pytest.mark.integration
+def test_data_without_the_probe_split_still_trains_with_a_warning(dataset, tmp_path):  # noqa: F811
+    cfg = tiny(dataset, "run.probe_every=5", "run.probe_split=nosuch", steps=5)
+    with pytest.warns(UserWarning, match="learning curves off: .*nosuch"):
+        result = pretrain(cfg, tmp_path / "run", progress=False)
+    assert result.steps == 5 and (tmp_path / "run" / "final").is_dir()

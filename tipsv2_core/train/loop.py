@@ -200,7 +200,7 @@ def run_training(
     }
     if rank == 0:
         (out / "config.json").write_text(json.dumps(meta["config"], indent=2) + "\n")
-    probe = Probe(cfg, tokenizer) if cfg.run.probe_every and rank == 0 else None
+    probe = Probe.for_run(cfg, tokenizer) if rank == 0 else None
 
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
@@ -316,7 +316,7 @@ def run_training(
                 }
                 | {"lr": f"{lr:.1e}", "img/s": f"{row['train/images_per_s']:.0f}"}
             )
-        if probe is not None and (done % cfg.run.probe_every == 0 or done == end):
+        if probe is not None and done % cfg.run.probe_every == 0:
             row = {"step": done, **probe(arch.student)}
             history.append(row)
             with open(metrics_file, "a") as f:

@@ -1,8 +1,7 @@
 """Learning curves: zero-shot segmentation and retrieval on held-out data during training.
 
 End-point metrics cannot tell an under-trained model from a broken one; a curve can. When
-`run.probe_every` is set, the loop hands the student to a `Probe` every that many steps
-(and at the end). The probe scores it on the first `run.probe_images` samples of the
+`run.probe_every` is set, the loop hands the student to a `Probe` every that many steps. The probe scores it on the first `run.probe_images` samples of the
 training dataset's `run.probe_split` split, with the same evaluators and protocol as
 `tipsv2 eval` (whole-image zero-shot segmentation at the stage's global size, retrieval
 R@1 both ways), and returns rows such as `probe/zeroshot_seg/miou`, which the loop writes
@@ -16,6 +15,7 @@ bit-identical weights to one without.
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,20 @@ class Probe:
         self.seg, self.captions = views.seg, views.captions
         self.tokenizer = Tokenizer(tokenizer)
         self.image_size = cfg.stages[-1].global_size
+
+    @classmethod
+    def for_run(cls, cfg: TrainConfig, tokenizer: str | Path) -> Probe | None:
+        """The run's probe, or None when it is off, when the run is shorter than one probe
+        interval, or (with a warning) when the data has no labelled `run.probe_split`:
+        a dataset without one still trains."""
+        every = cfg.run.probe_every
+        if not every or every > cfg.total_steps:
+            return None
+        try:
+            return cls(cfg, tokenizer)
+        except (ValueError, FileNotFoundError, KeyError) as err:
+            warnings.warn(f"learning curves off: {err}", stacklevel=2)
+            return None
 
     @torch.no_grad()
     def __call__(self, model: TIPSModel) -> dict[str, float]:
