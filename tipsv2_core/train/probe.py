@@ -1,8 +1,9 @@
 """Learning curves: zero-shot segmentation and retrieval on held-out data during training.
 
 End-point metrics cannot tell an under-trained model from a broken one; a curve can. When
-`run.probe_every` is set, the loop hands the student to a `Probe` every that many steps. The probe scores it on the first `run.probe_images` samples of the
-training dataset's `run.probe_split` split, with the same evaluators and protocol as
+`run.probe_every` is set, the loop hands the student to a `Probe` every that many steps.
+The probe scores it on the first `run.probe_images` samples of the training dataset's
+`run.probe_split` split, with the same evaluators and protocol as
 `tipsv2 eval` (whole-image zero-shot segmentation at the stage's global size, retrieval
 R@1 both ways), and returns rows such as `probe/zeroshot_seg/miou`, which the loop writes
 to metrics.jsonl and the tracker sends to MLflow.
