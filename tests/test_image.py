@@ -22,10 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -466,3 +469,88 @@ def test_tokenizer_training_writes_across_filesystems(tmp_path, monkeypatch, cap
         assert out.is_file()
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
+
+
+# ---- the whole DAG, each step in its own container (kfp.local DockerRunner) --------------
+
+
+def podman_limits() -> tuple[int, int]:
+    """Open files and processes for podman's containers: its defaults exceed what a
+    machine without CAP_SYS_RESOURCE may set; at most its hard limits (processes also at
+    most kernel.pid_max: more failed with EPERM where measured) go through."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    if nofile == resource.RLIM_INFINITY:
+        nofile = 1 << 20
+    return nofile, pid_max if nproc == resource.RLIM_INFINITY else min(nproc, pid_max)
+
+
+@pytest.fixture(scope="module")
+def docker_host(image, tmp_path_factory) -> Iterator[str]:
+    """podman's Docker-compatible API on a socket of this test's own, with a
+    containers.conf that makes `podman run` work here: Debian's runc (crun rejects the
+    hybrid cgroup hierarchy) and limits within the machine's (infra/docker/README.md)."""
+    missing = [tool for tool in ("podman", "runc") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (Debian: apt-get install podman runc)")
+    folder = tmp_path_factory.mktemp("podman")
+    nofile, nproc = podman_limits()
+    conf = folder / "containers.conf"
+    conf.write_text(
+        "[containers]\n"
+        f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
+        '[engine]\nruntime = "runc"\n'
+    )
+    socket = folder / "podman.sock"
+    with open(folder / "service.log", "w") as log:
+        service = subprocess.Popen(
+            ["podman", "system", "service", "--time=0", f"unix://{socket}"],
+            env={**os.environ, "CONTAINERS_CONF": str(conf)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not socket.exists():
+            assert service.poll() is None, (folder / "service.log").read_text()
+            assert time.monotonic() < deadline, "podman's API socket did not appear in 60 s"
+            time.sleep(0.2)
+        yield f"unix://{socket}"
+    finally:
+        service.terminate()
+        service.wait(timeout=60)
+
+
+def test_tipsv2_run_smoke_in_containers(image, docker_host, tmp_path):
+    """`tipsv2 run --smoke --containers`: every step in a container of the image, through
+    podman's Docker API. The summary holds what the subprocess run's does (the e2e test of
+    tests/test_pipeline.py), and MLflow's runs name the image the steps ran in."""
+    from mlflow import MlflowClient
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    env |= {"TIPSV2_HOME": str(tmp_path), "TIPSV2_STACK": "off", "DOCKER_HOST": docker_host}
+    tipsv2 = str(Path(sys.executable).with_name("tipsv2"))
+    res = subprocess.run(
+        [tipsv2, "run", "--smoke", "--containers", "--image", image, "--json", "--quiet"],
+        env=env, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    s = last_json(res.stdout)
+    assert s["status"] == "SUCCEEDED" and s["error"] is None
+    statuses = {step["step"]: step["status"] for step in s["steps"]}
+    assert statuses.pop("condition-6 (data-invalid)", "skipped") == "skipped"
+    assert set(statuses.values()) == {"SUCCESS"} and len(statuses) == 15, statuses
+    assert s["data"]["num_samples"] == SMOKE_IMAGES and s["data"]["passed"] is True
+    assert [x["variant"] for x in s["students"]] == ["nano14"]
+    miou = [k for k in s["teacher"]["metrics"] if k.endswith("/miou") and "zeroshot" in k]
+    assert miou and miou[0] in s["students"][0]["metrics"]
+    assert s["promotion"]["action"] == "promoted" and s["registered_version"] == "1"
+    assert s["parity_max_abs_diff"] < 1e-3
+    assert list(Path(s["onnx_model"]).glob("*.onnx"))
+    # The steps' MLflow runs (in the shared home's SQLite file) record the image.
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    tagged = {r.data.tags["step"]: r.data.tags.get("image") for r in runs if "step" in r.data.tags}
+    for step in ("pretrain", "distill/nano14", "evaluate/teacher", "evaluate/student"):
+        assert tagged.get(step) == image, (step, tagged)

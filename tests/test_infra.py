@@ -774,7 +774,8 @@ def test_build_script_is_valid_bash_and_tags_by_git_sha():
 
 def test_infra_names_no_path_of_this_checkout():
     for path in [*K8S.rglob("*"), *(ROOT / "infra" / "docker").rglob("*"), ROOT / ".dockerignore"]:
-        if path.is_file():
+        # Skipped: wheels that `build.sh --local` stages in infra/docker/wheels/ during a build.
+        if path.is_file() and path.suffix != ".whl":
             assert str(ROOT) not in path.read_text(), path
 
 
