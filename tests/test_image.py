@@ -10,11 +10,16 @@ and the ONNX export re-verified here against the checkpoint trained in there. Th
 compiled KFP pipeline, pointed at the image: every component's command line starts in it,
 every component's imports resolve in it, and one component runs through KFP's executor.
 
+Last, the whole DAG at smoke size with every step in its own container of the image:
+`tipsv2 run --smoke --containers` through podman's Docker API.
+
 The image is built once per test session and kept, tagged by a hash of everything the
 build reads (Dockerfile, build script, lock, sources), so a rerun with the same content
-reuses it. Containers run with `buildah run --isolation chroot`: `podman run` needs
-settings these machines lack (see infra/docker/README.md). The tests skip, saying why,
-where buildah or mmdebstrap is missing or the user is not root.
+reuses it. Single commands run with `buildah run --isolation chroot` (no OCI runtime);
+`podman run` needs runc and limits within the machine's, which the last test sets in a
+containers.conf of its own (see infra/docker/README.md). The tests skip, saying why,
+where buildah or mmdebstrap (podman or runc for the last) is missing or the user is not
+root.
 """
 
 from __future__ import annotations

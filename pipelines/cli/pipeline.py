@@ -6,7 +6,9 @@ and tracking are the embedded defaults under $TIPSV2_HOME (or the local stack wh
 runs), and outputs land in $TIPSV2_HOME/pipeline-root. Task outputs are cached there, so
 a second run with the same inputs replays data, tokenizer and training from the cache.
 The run's progress comes from the runner's own log, which is kept in full beside the
-outputs; the summary at the end is read from the tasks' recorded outputs.
+outputs; the summary at the end is read from the tasks' recorded outputs. With
+`--containers` each step runs in its own container of `--image` instead (kfp.local's
+DockerRunner, through the Docker API at $DOCKER_HOST), sharing this home.
 """
 
 from __future__ import annotations
