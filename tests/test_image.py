@@ -96,9 +96,11 @@ def image_exists(ref: str) -> bool:
 def remove_older_test_images(keep: str) -> None:
     """Earlier sessions' test images: the layers they alone hold would pile up on a CI
     machine that keeps its container storage (the shared dependency layers stay)."""
-    listed = buildah("images", "--format", "{{.Name}}:{{.Tag}}", f"localhost/{REPOSITORY}")
+    listed = buildah("images", "--format", "{{.Name}}:{{.Tag}}")
+    assert listed.returncode == 0, listed.stderr
     for ref in listed.stdout.split():
-        if ref != keep and ref.split(":")[-1].startswith(TEST_TAG_PREFIX):
+        name, _, tag = ref.rpartition(":")
+        if name == f"localhost/{REPOSITORY}" and tag.startswith(TEST_TAG_PREFIX) and ref != keep:
             buildah("rmi", ref)
 
 
@@ -187,7 +189,7 @@ def test_image_runs_as_its_user_on_its_venv(image, work):
     assert config["Entrypoint"] == ["/usr/bin/tini", "--"]
     # Lean: no compiler, no package caches, no build leftovers (looked for as root: the
     # image's user cannot read /root).
-    leftovers = "/root/.cache /home/tipsv2/.cache /src /dist /usr/local/bin/uv /wheels"
+    leftovers = "/root/.cache /home/tipsv2/.cache /src /dist /tmp/dist /usr/local/bin/uv /wheels"
     lean = (
         "for c in gcc cc g++ c++ make; do command -v $c; done; "
         f"for p in {leftovers}; do [ -e $p ] && echo $p; done; "
@@ -195,6 +197,36 @@ def test_image_runs_as_its_user_on_its_venv(image, work):
     )
     found = check(in_image(image, work, "sh", "-c", lean, user="0:0"), "lean check")
     assert found.split() == [], found
+
+
+# In the image: sha256 of every .py file of the installed packages, by package path.
+INSTALLED_SOURCES = """
+import hashlib, json, pathlib, sys
+site = pathlib.Path(sys.argv[1]).parent
+out = {}
+for package in sys.argv[2:]:
+    for f in (site / package).rglob("*.py"):
+        out[str(f.relative_to(site))] = hashlib.sha256(f.read_bytes()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def test_image_holds_this_checkouts_code(image, work):
+    """The installed packages are this checkout's sources, file for file: a stale layer
+    (a build cache that missed a change) shows here, not as a puzzling step failure."""
+    (work / "installed_sources.py").write_text(INSTALLED_SOURCES)
+    probe = "import tipsv2_core, os; print(os.path.dirname(tipsv2_core.__file__))"
+    package_dir = check(in_image(image, work, "python3", "-c", probe), "locating the package")
+    res = in_image(
+        image, work, "python3", f"{WORK}/installed_sources.py", package_dir.strip(), *SOURCES
+    )
+    installed = json.loads(check(res, "hashing the installed sources"))
+    here = {
+        str(f.relative_to(ROOT)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for d in SOURCES
+        for f in (ROOT / d).rglob("*.py")
+    }
+    assert installed == here
 
 
 # ---- the pipeline's steps at smoke size ------------------------------------------------

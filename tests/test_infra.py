@@ -669,13 +669,14 @@ def test_dockerfile_orders_layers_lock_first_source_last():
     assert "--out-dir /dist ." in chain[package][1]
     # The app: the deps stage's venv, then the wheel over it (a source change adds a small
     # layer, not a new copy of the venv).
+    # The wheel comes by COPY: buildah's cache keys a RUN with a stage mounted on its text
+    # alone, and so reused a stale install after a source change.
     app = s["app"]
     venv = app.index(("COPY", "--from=deps /opt/venv /opt/venv"))
-    wheel = next(
-        i for i, (k, r) in enumerate(app) if k == "RUN" and "from=builder,source=/dist" in r
-    )
-    assert venv < wheel and "/dist/*.whl" in app[wheel][1]
-    assert not [r for k, r in app if k == "COPY" and "--from=builder" in r]
+    wheel = app.index(("COPY", "--from=builder /dist /tmp/dist"))
+    install = next(i for i, (k, r) in enumerate(app) if k == "RUN" and "/tmp/dist/*.whl" in r)
+    assert venv < wheel < install and "rm -rf /tmp/dist" in app[install][1]
+    assert not [r for k, r in app if "from=builder" in r and "/dist" not in r.split()[1]]
     # The image holds every package that pyproject.toml installs.
     pyproject = (ROOT / "pyproject.toml").read_text()
     include = re.search(r"include = \[(.*?)\]", pyproject).group(1)
