@@ -5,6 +5,7 @@
 #   make demo    init a small model, train a tokenizer, embed an image and a text
 #   make bench   encoder throughput: ours vs a plainly written reference
 #   make lint    ruff
+#   make image   the cpu image, built without registry or daemon (buildah; see infra/docker)
 #   make lock    re-resolve requirements-dev.lock from pyproject.toml
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ UV_VERSION := 0.13.9
 # or it fetches a multi-GB CUDA torch instead of the CPU wheel.
 FIND_LINKS := $(foreach d,$(PIP_FIND_LINKS),--find-links $(d))
 
-.PHONY: install test lint format lock bench demo run clean
+.PHONY: install test lint format lock bench demo run image clean
 
 install: $(STAMP)
 
@@ -61,6 +62,11 @@ demo: $(STAMP)
 # The whole pipeline (data -> ... -> promote) locally on kfp.local, embedded defaults.
 run: $(STAMP)
 	$(BIN)/tipsv2 run
+
+# The cpu image from a Debian base made on the spot (root, buildah, mmdebstrap); it prints
+# the image reference last. uv's wheel is fetched with the venv's pip.
+image: $(STAMP)
+	PYTHON=$(BIN)/python bash infra/docker/build.sh --local --no-mlflow
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

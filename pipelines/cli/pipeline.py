@@ -6,7 +6,9 @@ and tracking are the embedded defaults under $TIPSV2_HOME (or the local stack wh
 runs), and outputs land in $TIPSV2_HOME/pipeline-root. Task outputs are cached there, so
 a second run with the same inputs replays data, tokenizer and training from the cache.
 The run's progress comes from the runner's own log, which is kept in full beside the
-outputs; the summary at the end is read from the tasks' recorded outputs.
+outputs; the summary at the end is read from the tasks' recorded outputs. With
+`--containers` each step runs in its own container of `--image` instead (kfp.local's
+DockerRunner, through the Docker API at $DOCKER_HOST), sharing this home.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ SMOKE = {
     "train_overrides": ["data.workers=0"],
 }
 LOCAL_IMAGE = "local"  # SubprocessRunner ignores the image; lineage says "local"
+# `tipsv2 run --containers`: where the image keeps its home (infra/docker/Dockerfile's
+# TIPSV2_HOME), which every step's container shares with this machine's home.
+CONTAINER_HOME = "/workspace/.tipsv2"
 TELEMETRY_OFF = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "GX_ANALYTICS_ENABLED": "false",
@@ -127,6 +132,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--pipeline-root", default=None, help="default $TIPSV2_HOME/pipeline-root")
     run.add_argument("--no-cache", action="store_true", help="run every step, reuse nothing")
     run.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    run.add_argument(
+        "--containers",
+        action="store_true",
+        help="each step in its own container of --image (kfp.local DockerRunner), through "
+        "the Docker API at $DOCKER_HOST (Docker, or podman's socket); the steps share this "
+        "home, mounted at the image's own, and use its SQLite MLflow and local storage",
+    )
+    _image_arg(run)
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.set_defaults(handler=run_local)
 
@@ -609,11 +622,51 @@ def dag_task_names(pipeline: Any) -> dict[str, str]:
     return out
 
 
+def container_runner(home: Path) -> Any:
+    """kfp.local's DockerRunner for `tipsv2 run --containers`. KFP mounts the pipeline root
+    at its own path; the home (MLflow's SQLite file, the local storage) goes to the image's
+    TIPSV2_HOME, as KFP replaces a container's environment with the task's. The steps run
+    as this user, so that the files they write here stay this user's."""
+    from docker.types import Mount
+    from kfp import local
+    from kfp.local import docker_task_handler
+
+    docker_task_handler.run_docker_container = _run_step_container
+    return local.DockerRunner(
+        mounts=[Mount(target=CONTAINER_HOME, source=str(home), type="bind")],
+        user=f"{os.getuid()}:{os.getgid()}",
+        # Ray's object store lives in /dev/shm; container engines give 64 MB by default.
+        shm_size="1g",
+    )
+
+
+def _run_step_container(
+    client: Any, image: str, command: list[str], volumes: dict, **run_args: Any
+) -> int:
+    """kfp.local's run_docker_container (kfp 2.17.3) without its race: it starts each
+    container with auto_remove=True and then inspects it, so a step that ends in between
+    is gone when looked at (Docker answers 404, podman 500, neither is handled) and the
+    run fails. Here a container is removed after its logs and exit code are read."""
+    container = client.containers.run(
+        image=image, command=command, detach=True, volumes=volumes, **run_args
+    )
+    try:
+        for line in container.logs(stream=True, follow=True):
+            print(line.decode(errors="replace"), end="")
+        return int(container.wait()["StatusCode"])
+    finally:
+        container.remove(force=True)
+
+
 def run_local(args: argparse.Namespace) -> int:
     from components.settings import configure
 
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
+    if args.containers:
+        # The image's steps never use a local stack (TIPSV2_STACK=off in the Dockerfile):
+        # they track and store under the shared home, and so does this summary.
+        os.environ["TIPSV2_STACK"] = "off"
     settings = configure()  # the stack when up, else SQLite + local storage under the home
     # Steps are subprocesses: they inherit an absolute home and the settings chosen here.
     os.environ["TIPSV2_HOME"] = str(settings.home)
@@ -633,12 +686,13 @@ def run_local(args: argparse.Namespace) -> int:
 
     from pipelines.dag import PIPELINE_NAME, build_pipeline
 
-    pipeline = build_pipeline(LOCAL_IMAGE)
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(root),
-        enable_caching=not args.no_cache,
-    )
+    if args.containers:
+        image = _image(args)
+        runner: Any = container_runner(settings.home)
+    else:
+        image, runner = LOCAL_IMAGE, local.SubprocessRunner(use_venv=False)
+    pipeline = build_pipeline(image)
+    local.init(runner=runner, pipeline_root=str(root), enable_caching=not args.no_cache)
     console = None if args.quiet else sys.stderr
     if console is not None:
         print(
