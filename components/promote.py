@@ -61,11 +61,13 @@ from components.registry import (
     RegistryError,
     VersionInfo,
     alias_version,
-    client_for,
-    experiment_id,
-    mlflow_key,
-    tracking_uri_or_default,
     version_info,
+)
+from components.tracking import (
+    client_for,
+    get_or_create_experiment,
+    resolve_tracking_uri,
+    sanitize_key,
 )
 
 if TYPE_CHECKING:
@@ -289,7 +291,7 @@ def evaluate_gate(
 ) -> GateResult:
     """Every rule of the module docstring, evaluated; nothing is read or written."""
     rules = [_parity_rule(challenger, config.parity_tolerance)]
-    primary = mlflow_key(config.primary_metric)
+    primary = sanitize_key(config.primary_metric)
     ch_value = challenger.metrics.get(primary)
     if not _finite(ch_value):
         message = f"challenger has no value for {primary}"
@@ -329,7 +331,7 @@ def evaluate_gate(
             rules.append(RuleResult("primary", ok, message, primary, ch_value, cp_value))
 
     for rule in config.secondary:
-        key = mlflow_key(rule.metric)
+        key = sanitize_key(rule.metric)
         a, b = challenger.metrics.get(key), champion.metrics.get(key)
         if not _finite(a):
             message = f"challenger has no value for {key}"
@@ -425,7 +427,7 @@ def _record(client: MlflowClient, tracking_uri: str, decision: Decision) -> Deci
     the history run id filled in."""
     from mlflow.entities import Metric, Param
 
-    exp = experiment_id(client, HISTORY_EXPERIMENT, tracking_uri)
+    exp = get_or_create_experiment(client, HISTORY_EXPERIMENT, tracking_uri)
     tags = {
         "registered_model": decision.name,
         "model_version": decision.version,
@@ -512,7 +514,7 @@ def promote(
     """
     if force and not (reason and reason.strip()):
         raise PromotionError("a forced promotion needs a reason (--reason)")
-    uri = tracking_uri_or_default(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
     client = client_for(uri)
     version = str(version)
     challenger = version_info(client, name, version)
@@ -568,7 +570,7 @@ def rollback(
 ) -> Decision:
     """Moves `champion` back to `to_version` (no gate: the point is to undo a promotion),
     recording who and why. The version must exist and must not be the champion already."""
-    uri = tracking_uri_or_default(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
     client = client_for(uri)
     to_version = str(to_version)
     version_info(client, name, to_version)  # raises for an unknown model or version
