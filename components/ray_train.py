@@ -32,13 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from components.settings import disable_telemetry
 from tipsv2_core.config import TrainConfig, from_dict, to_dict
+from tipsv2_core.uri import local_path
 
 Kind = Literal["pretrain", "distill"]
-# Environment for Ray on machines without a way out, and for S3 gateways that reject
-# streaming checksums (pyarrow's uploads of Ray checkpoints); DESIGN §5.
+# Environment for Ray (besides settings.TELEMETRY_OFF): no token prompt for a local
+# cluster, and the checksum mode of S3 gateways that reject streaming checksums (pyarrow's
+# uploads of Ray checkpoints).
 RAY_ENV_DEFAULTS = {
-    "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
     "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
 }
@@ -99,7 +101,7 @@ def storage_target(storage: str) -> tuple[str, Any]:
             scheme, _, host = endpoint.partition("://")
             kw |= {"endpoint_override": host or scheme, "scheme": scheme if host else "https"}
         return storage.removeprefix("s3://").rstrip("/"), fs.S3FileSystem(**kw)
-    return str(Path(storage.removeprefix("file://")).resolve()), None
+    return str(Path(local_path(storage)).resolve()), None
 
 
 def _restore_into(out: Path, checkpoint: Any) -> int | None:
@@ -211,8 +213,7 @@ def _run_worker(
 def _init_ray(spec: RayTrainSpec) -> None:
     import ray
 
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    disable_telemetry(extra=RAY_ENV_DEFAULTS)
     if ray.is_initialized():
         return
     if spec.address:
@@ -229,7 +230,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     cfg = from_dict(to_dict(cfg))
 
     def absolute(path: str) -> str:
-        path = path.removeprefix("file://")
+        path = local_path(path)
         return path if not path or "://" in path else str(Path(path).resolve())
 
     cfg.data.path = absolute(cfg.data.path)
@@ -256,7 +257,7 @@ def train_on_ray(
 
     spec = spec or RayTrainSpec()
     cfg = absolute_paths(cfg)
-    out = Path(str(out).removeprefix("file://")).resolve()
+    out = Path(local_path(out)).resolve()
     out.mkdir(parents=True, exist_ok=True)
     say = on_event or (lambda _msg: None)
     launch = uuid.uuid4().hex[:12]  # tells this call's worker starts from earlier ones

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from components.settings import DATA_BUCKET, configure, tipsv2_home
+from components.settings import DATA_BUCKET, configure, disable_telemetry, tipsv2_home
 
 __all__ = [
     "LOCAL_REMOTE",
@@ -52,11 +52,8 @@ LOCAL_REMOTE = "local"
 S3_REMOTE = "s3"
 REMOTE_DIR = "dvc-remote"  # below $TIPSV2_HOME
 S3_REMOTE_URL = f"s3://{DATA_BUCKET}/dvc"
-DVC_ENV = {
-    "DVC_NO_ANALYTICS": "1",
-    # The MinIO-dialect gateway rejects the streaming checksums of newer AWS SDKs.
-    "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
-}
+# The MinIO-dialect gateway rejects the streaming checksums of newer AWS SDKs.
+S3_CHECKSUM_ENV = {"AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED"}
 
 
 class VersioningError(RuntimeError):
@@ -178,8 +175,7 @@ def dvc_environment(
     `dvc repro` finds this `tipsv2`)."""
     env = dict(os.environ if environ is None else environ)
     configure(Path(home) if home else None, environ=env)
-    for key, value in DVC_ENV.items():
-        env.setdefault(key, value)
+    disable_telemetry(env, S3_CHECKSUM_ENV)
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     return env

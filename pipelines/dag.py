@@ -44,6 +44,8 @@ from typing import Any, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
+from components.settings import TELEMETRY_OFF
+
 PIPELINE_NAME = "tipsv2"
 DEFAULT_IMAGE = "tipsv2:latest"  # infra/docker; pin a release by digest for production
 # The ReadWriteMany volume of infra/k8s (base/shared-storage.yaml) that the RayCluster's
@@ -73,10 +75,7 @@ ENV_CONFIG_KEYS = (
     "MLFLOW_TRACKING_URI",
     "TIPSV2_STACK",
     "RAY_AUTH_MODE",
-    "RAY_USAGE_STATS_ENABLED",
-    "GX_ANALYTICS_ENABLED",
-    "DVC_NO_ANALYTICS",
-    "MLFLOW_DISABLE_TELEMETRY",
+    *TELEMETRY_OFF,
 )
 
 # Retries with exponential backoff for steps that talk to object storage or MLflow: a

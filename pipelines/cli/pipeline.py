@@ -37,12 +37,6 @@ SMOKE = {
     "train_overrides": ["data.workers=0"],
 }
 LOCAL_IMAGE = "local"  # SubprocessRunner ignores the image; lineage says "local"
-TELEMETRY_OFF = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
 HEALTH_PATH = "/apis/v2beta1/healthz"
 # On a cluster, training goes to infra/k8s's RayCluster (its head Service, Jobs API port).
 CLUSTER_RAY_JOBS = "http://tipsv2-ray-head-svc:8265"
@@ -598,10 +592,9 @@ def dag_task_names(pipeline: Any) -> dict[str, str]:
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from components.settings import configure
+    from components.settings import configure, disable_telemetry
 
-    for key, value in TELEMETRY_OFF.items():
-        os.environ.setdefault(key, value)
+    disable_telemetry()
     settings = configure()  # the stack when up, else SQLite + local storage under the home
     # Steps are subprocesses: they inherit an absolute home and the settings chosen here.
     os.environ["TIPSV2_HOME"] = str(settings.home)

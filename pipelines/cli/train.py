@@ -104,15 +104,16 @@ def _common(p: argparse.ArgumentParser, default_recipe: str) -> None:
 def build_config(args: argparse.Namespace):
     from tipsv2_core.config import apply_overrides, validate
     from tipsv2_core.recipes import get_recipe
+    from tipsv2_core.uri import local_path
 
     cfg = get_recipe(args.recipe, distill=args.distill)
     if args.data:
-        cfg.data.path = args.data.removeprefix("file://")
+        cfg.data.path = local_path(args.data)
     if args.tokenizer:
         cfg.data.tokenizer = args.tokenizer
     if args.distill:
         if args.teacher:
-            cfg.distill.teacher = args.teacher.removeprefix("file://")
+            cfg.distill.teacher = local_path(args.teacher)
         if args.teacher_variant:
             cfg.distill.teacher_variant = args.teacher_variant
         if args.student_variant:
@@ -162,7 +163,9 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError("--data and --out are required (or use --dry-run)")
     if args.distill and not cfg.distill.teacher:
         raise ValueError("--teacher is required for distillation")
-    out = args.out.removeprefix("file://")
+    from tipsv2_core.uri import local_path
+
+    out = local_path(args.out)
     if args.no_ray:
         from tipsv2_core.train.runs import distill, pretrain
 
