@@ -85,6 +85,7 @@ def direct_pipeline(params: Mapping[str, Any], out: Path) -> dict[str, Any]:
     try:
         with step("preflight"):
             steps.check_promotion_rules(p["promotion"])
+            steps.check_validation_config(p["validation"])
             students = steps.plan_students(p["recipe"], p["student_variants"])
         with step("prepare-data"):
             folder("prepare-data")

@@ -27,7 +27,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -311,3 +311,29 @@ def train_on_ray(
         startup_s=startup,
         fit_s=fit_s,
     )
+
+
+def run_summary(result: RayTrainResult, workers: int) -> dict[str, Any]:
+    """What a finished Ray run reports (the closing line of `tipsv2 train`, the result
+    file of a Ray job): where the model is, steps, restarts, storage, start-up time and
+    the last logged losses (`loss`, `clip_loss`, ... without the `train/` prefix)."""
+    metrics_file = result.out / "metrics.jsonl"
+    history = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
+    first = next((a for a in reversed(result.attempts) if a["rank"] == 0), {})
+    return {
+        "out": str(result.out),
+        "final": str(result.final),
+        "steps": result.steps,
+        "resumed_from": first.get("resume_step", 0),
+        "workers": workers,
+        "attempts": sum(1 for a in result.attempts if a["rank"] == 0),
+        "storage": result.storage,
+        "ray_startup_s": round(result.startup_s, 1),
+        **last_losses(history),
+    }
+
+
+def last_losses(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The losses of the last `metrics.jsonl` row, without the `train/` prefix, rounded."""
+    last = history[-1] if history else {}
+    return {k.removeprefix("train/"): round(v, 4) for k, v in last.items() if k.endswith("loss")}

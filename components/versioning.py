@@ -23,6 +23,7 @@ lock pins and the CLI's `tipsv2` is on its PATH for `dvc repro`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from components.settings import DATA_BUCKET, configure, disable_telemetry, tipsv2_home
+from tipsv2_core.uri import local_path
 
 __all__ = [
     "LOCAL_REMOTE",
@@ -39,6 +41,7 @@ __all__ = [
     "Remote",
     "VersioningError",
     "configure_remote",
+    "data_version",
     "dataset_version",
     "dvc_environment",
     "find_root",
@@ -164,6 +167,26 @@ def dataset_version(
                 "it; run `dvc repro` (or `dvc commit`) before recording its version"
             )
     return str(md5)
+
+
+def data_version(path: str | os.PathLike[str], *, missing_ok: bool = False) -> str:
+    """What checkpoints and MLflow record as `data_version` (docs/architecture.md,
+    "Lineage"): the dataset's DVC md5 when DVC tracks it, else the sha256 of its manifest.
+
+    A pipeline's dataset lives in the pipeline root, which DVC does not track, so there it
+    is the manifest's content hash: equal manifests, equal version, whichever run produced
+    them. When `path` holds no manifest.parquet (not a dataset): ValueError, or "" with
+    `missing_ok` (for callers whose loader reports that with more detail).
+    """
+    try:
+        return dataset_version(local_path(path))
+    except (VersioningError, OSError, ValueError):
+        manifest = Path(local_path(path)) / "manifest.parquet"
+        if not manifest.is_file():
+            if missing_ok:
+                return ""
+            raise ValueError(f"{path}: no manifest.parquet; not a dataset") from None
+        return "manifest-sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
 
 
 def dvc_environment(

@@ -98,12 +98,16 @@ CACHED_STEPS = ("prepare-data", "build-tokenizer", "pretrain", "distill")
 # body is what runs in the container)
 
 
-def preflight(recipe: str, student_variants: list[str], promotion: dict) -> list[str]:
-    """Checks the recipe, the student variant names and the promotion rules; returns the
-    students to distil."""
-    from components.steps import check_promotion_rules, plan_students
+def preflight(
+    recipe: str, student_variants: list[str], promotion: dict, validation: dict
+) -> list[str]:
+    """Checks the recipe, the student variant names, and the `promotion` and `validation`
+    parameters against their schemas (an error names the bad key); returns the students
+    to distil."""
+    from components.steps import check_promotion_rules, check_validation_config, plan_students
 
     check_promotion_rules(promotion)
+    check_validation_config(validation)
     return plan_students(recipe, student_variants)
 
 
@@ -183,30 +187,15 @@ def pretrain(
     model: Output[Model],
 ):
     """TIPSv2 pretraining on Ray Train; the model artifact is the run directory."""
-    import os
+    from components.steps import train_step
 
-    from components.steps import train_model
-
-    doc = train_model(
-        "pretrain",
-        model.path,
-        dataset.path,
-        os.path.join(tokenizer.path, "tokenizer.model"),
-        recipe=recipe,
-        version=data_version,
-        steps=steps,
-        batch_size=batch_size,
-        overrides=overrides,
-        workers=workers,
-        cpu_limit=cpus,
-        gpus=gpus,
-        experiment=experiment,
-        ray_address=ray_address,
-        shared_dir=shared_dir,
-    )
-    resources = {"cpu": cpus, "memory": memory, "gpus": gpus, "accelerator": accelerator,
-                 "node_selector": node_selector, "tolerations": tolerations}  # fmt: skip
-    model.metadata.update({**doc, "resources": resources})
+    kwargs = dict(locals())  # every parameter, as train_step takes them
+    for artifact in ("dataset", "tokenizer", "model", "data_version", "train_step"):
+        kwargs.pop(artifact)
+    model.metadata.update(
+        train_step("pretrain", model.path, dataset.path, tokenizer.path,
+                   version=data_version, **kwargs)
+    )  # fmt: skip
 
 
 def distill(
@@ -232,32 +221,16 @@ def distill(
 ):
     """Distils the frozen teacher into a randomly initialised `student_variant`; the data
     version is the teacher's (the same dataset)."""
-    import os
+    from components.steps import train_step
 
-    from components.steps import train_model
-
-    doc = train_model(
-        "distill",
-        model.path,
-        dataset.path,
-        os.path.join(tokenizer.path, "tokenizer.model"),
-        recipe=recipe,
-        version=str(teacher.metadata.get("data_version", "")),
-        steps=steps,
-        batch_size=batch_size,
-        overrides=overrides,
-        teacher=os.path.join(teacher.path, "final"),
-        student_variant=student_variant,
-        workers=workers,
-        cpu_limit=cpus,
-        gpus=gpus,
-        experiment=experiment,
-        ray_address=ray_address,
-        shared_dir=shared_dir,
-    )
-    resources = {"cpu": cpus, "memory": memory, "gpus": gpus, "accelerator": accelerator,
-                 "node_selector": node_selector, "tolerations": tolerations}  # fmt: skip
-    model.metadata.update({**doc, "resources": resources})
+    kwargs = dict(locals())  # every parameter, as train_step takes them
+    for artifact in ("dataset", "tokenizer", "teacher", "model", "train_step"):
+        kwargs.pop(artifact)
+    version = str(teacher.metadata.get("data_version", ""))
+    model.metadata.update(
+        train_step("distill", model.path, dataset.path, tokenizer.path,
+                   teacher_dir=teacher.path, version=version, **kwargs)
+    )  # fmt: skip
 
 
 def evaluate(
@@ -519,7 +492,10 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
         with dsl.ExitHandler(exit_task, name="tipsv2-run"):
             plan = _step(
                 ops["preflight"](
-                    recipe=recipe, student_variants=student_variants, promotion=promotion
+                    recipe=recipe,
+                    student_variants=student_variants,
+                    promotion=promotion,
+                    validation=validation,
                 ),
                 image,
             )

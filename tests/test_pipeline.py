@@ -464,7 +464,7 @@ def test_promotion_rules_are_checked_before_any_work():
 
 
 def test_cpu_quantities():
-    from components.steps import _cpus
+    from components.steps.train import _cpus
 
     assert _cpus("2") == 2.0 and _cpus("500m") == 0.5
     with pytest.raises(ValueError):
