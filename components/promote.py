@@ -69,6 +69,7 @@ from components.tracking import (
     resolve_tracking_uri,
     sanitize_key,
 )
+from tipsv2_core.schema import build, parse_mapping
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -142,41 +143,26 @@ class GateConfig:
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> GateConfig:
         """From `{"primary_metric": ..., "secondary": {metric: {margin, higher_is_better}
-        | margin} | [{"metric": ..., ...}], ...}`; unknown keys are an error (typos)."""
+        | margin} | [{"metric": ..., ...}], ...}`; unknown keys (typos) and wrong types
+        are a PromotionError naming the key (tipsv2_core/schema.py)."""
         doc = dict(doc)
-        known = set(cls.__dataclass_fields__)
-        unknown = set(doc) - known
-        if unknown:
-            raise PromotionError(f"unknown gate config key(s) {sorted(unknown)}; known: {known}")
-        raw = doc.pop("secondary", None) or ()
-        rules: list[MetricRule] = []
-        if isinstance(raw, Mapping):
-            for metric, rule in raw.items():
-                if isinstance(rule, Mapping):
-                    rules.append(MetricRule(metric=str(metric), **rule))
-                else:
-                    rules.append(MetricRule(metric=str(metric), margin=float(rule)))
-        else:
-            rules = [r if isinstance(r, MetricRule) else MetricRule(**r) for r in raw]
-        try:
-            return cls(secondary=tuple(rules), **doc)
-        except TypeError as e:
-            raise PromotionError(f"bad gate config: {e}") from None
+        raw = doc.get("secondary") or ()
+        if isinstance(raw, Mapping):  # the short form: metric -> margin, or -> its rule
+            doc["secondary"] = [
+                {"metric": str(metric), **rule}
+                if isinstance(rule, Mapping)
+                else {"metric": str(metric), "margin": rule}
+                for metric, rule in raw.items()
+            ]
+        elif isinstance(raw, Sequence) and not isinstance(raw, str):
+            doc["secondary"] = [asdict(r) if isinstance(r, MetricRule) else r for r in raw]
+        return build(cls, doc, what="gate config key(s)", error=PromotionError)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> GateConfig:
-        """A `.json`, `.yaml` or `.yml` file holding `from_dict`'s mapping."""
+        """A `.json` or YAML file holding `from_dict`'s mapping."""
         path = Path(path)
-        text = path.read_text()
-        if path.suffix in {".yaml", ".yml"}:
-            import yaml
-
-            doc = yaml.safe_load(text)
-        else:
-            doc = json.loads(text)
-        if not isinstance(doc, Mapping):
-            raise PromotionError(f"{path}: the gate config must be a mapping")
-        return cls.from_dict(doc)
+        return cls.from_dict(parse_mapping(path.read_text(), str(path), error=PromotionError))
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
