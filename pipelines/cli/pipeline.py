@@ -553,11 +553,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [
-        fmt.format(*r) for r in rows
-    ]
+    from pipelines.cli.common import table
+
+    return table(header, rows, max_cell=None, numbers_right=False, rule=True).splitlines()
 
 
 # ---------------------------------------------------------------------------------------
