@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tipsv2_core.uri import local_path
+from tipsv2_core.uri import strip_file_scheme
 
 if TYPE_CHECKING:
     from tipsv2_core.config import TrainConfig
@@ -125,15 +125,15 @@ def train_as_ray_job(
     t0 = time.perf_counter()
     try:
         staged = from_dict(to_dict(cfg))  # the caller's config stays as it was
-        staged.data.path = _stage(Path(local_path(cfg.data.path)), stage / "data")
+        staged.data.path = _stage(Path(strip_file_scheme(cfg.data.path)), stage / "data")
         staged.data.tokenizer = _stage(
-            Path(local_path(cfg.data.tokenizer)), stage / "tokenizer.model"
+            Path(strip_file_scheme(cfg.data.tokenizer)), stage / "tokenizer.model"
         )
         if kind == "distill":
             if not cfg.distill.teacher:
                 raise ValueError("distillation needs a teacher checkpoint")
             staged.distill.teacher = _stage(
-                Path(local_path(cfg.distill.teacher)), stage / "teacher"
+                Path(strip_file_scheme(cfg.distill.teacher)), stage / "teacher"
             )
         config_file = stage / "config.json"
         config_file.write_text(json.dumps(to_dict(staged), indent=2) + "\n")

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from components.settings import disable_telemetry
 from tipsv2_core.config import TrainConfig, from_dict, to_dict
-from tipsv2_core.uri import local_path
+from tipsv2_core.uri import strip_file_scheme
 
 Kind = Literal["pretrain", "distill"]
 # Environment for Ray (besides settings.TELEMETRY_OFF): no token prompt for a local
@@ -90,7 +90,7 @@ def storage_target(storage: str) -> tuple[str, Any]:
     """(storage_path, pyarrow filesystem or None) for Ray's RunConfig.
 
     `s3://bucket/prefix` uses the endpoint and credentials of the standard AWS variables,
-    never parameters (DESIGN §4); a plain path or `file://` is made absolute.
+    never parameters; a plain path or `file://` is made absolute.
     """
     if storage.startswith("s3://"):
         from pyarrow import fs
@@ -101,7 +101,7 @@ def storage_target(storage: str) -> tuple[str, Any]:
             scheme, _, host = endpoint.partition("://")
             kw |= {"endpoint_override": host or scheme, "scheme": scheme if host else "https"}
         return storage.removeprefix("s3://").rstrip("/"), fs.S3FileSystem(**kw)
-    return str(Path(local_path(storage)).resolve()), None
+    return str(Path(strip_file_scheme(storage)).resolve()), None
 
 
 def _restore_into(out: Path, checkpoint: Any) -> int | None:
@@ -230,7 +230,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     cfg = from_dict(to_dict(cfg))
 
     def absolute(path: str) -> str:
-        path = local_path(path)
+        path = strip_file_scheme(path)
         return path if not path or "://" in path else str(Path(path).resolve())
 
     cfg.data.path = absolute(cfg.data.path)
@@ -257,7 +257,7 @@ def train_on_ray(
 
     spec = spec or RayTrainSpec()
     cfg = absolute_paths(cfg)
-    out = Path(local_path(out)).resolve()
+    out = Path(strip_file_scheme(out)).resolve()
     out.mkdir(parents=True, exist_ok=True)
     say = on_event or (lambda _msg: None)
     launch = uuid.uuid4().hex[:12]  # tells this call's worker starts from earlier ones

@@ -1,6 +1,6 @@
 """Registering ONNX exports in the MLflow model registry, and resolving `models:/` URIs back.
 
-What one registration writes (DESIGN §1 "register in MLflow", §4 metric names and lineage):
+What one registration writes (docs/architecture.md, "Metric names" and "Lineage"):
 
 - one MLflow run in the experiment `tipsv2` (step `register`; a child of the pipeline's
   parent run when a `pipeline_run_id` is known, as components.tracking lays runs out)
@@ -497,7 +497,7 @@ def register_export(
     run_tags = {**extra, **lineage, **described, TAG_STEP: "register", "registered_model": name}
     if lineage[TAG_PIPELINE_RUN_ID] != UNKNOWN:
         # A step of a pipeline run: a child of its parent run, as the tracking adapter
-        # lays runs out (DESIGN §4), so the registration shows beside train and eval.
+        # lays runs out, so the registration shows beside train and eval.
         parent = find_or_create_parent(client, exp_id, lineage[TAG_PIPELINE_RUN_ID])
         run_tags |= {PARENT_TAG: parent, TAG_KIND: "step"}
     image_size = min(meta.get("image_sizes") or [meta.get("patch_size", 14) * 2])

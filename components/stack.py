@@ -1,11 +1,11 @@
 """The local stack of real services: an S3 gateway and an MLflow tracking server.
 
 Shape. The logic lives here, in the steps layer, because the CLI (`pipelines/cli/stack.py`,
-a thin argparse wrapper) and the tests both import it, and DESIGN §3 lets pipelines import
-components but nothing import `infra/`. `infra/local/` keeps what a shell or CI needs
-without the Python API: `infra/local/stack.sh`, which runs `tipsv2 stack …` from the
-repository's virtualenv. Steps never import this module; they call
-`components.settings.configure()`, which reads the env file written here.
+a thin argparse wrapper) and the tests both import it, and the layers let pipelines import
+components but nothing import `infra/` (docs/architecture.md, "Layers"). `infra/local/`
+keeps what a shell or CI needs without the Python API: `infra/local/stack.sh`, which runs
+`tipsv2 stack …` from the repository's virtualenv. Steps never import this module; they
+call `components.settings.configure()`, which reads the env file written here.
 
 What `up` starts, both bound to 127.0.0.1 and owned by `$TIPSV2_HOME` (default `./.tipsv2`):
 

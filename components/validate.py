@@ -1,13 +1,13 @@
 """The data validation gate: Great Expectations suites on a dataset's manifest and card.
 
-This is the only module that imports `great_expectations` (DESIGN §3: GX stays behind one
-small adapter); it is imported lazily, inside `validate`, because it costs ~3 s and the CLI
-must stay quick. Everything else sees plain dataclasses: `ValidationConfig` (thresholds,
-from code or a JSON/YAML file) in, `ValidationResult` (checks, failures with example
-rows, where the report was written) out.
+This is the only module that imports `great_expectations` (GX stays behind one small
+adapter, as every service does: docs/architecture.md, "Layers"); it is imported lazily,
+inside `validate`, because it costs ~3 s and the CLI must stay quick. Everything else sees
+plain dataclasses: `ValidationConfig` (thresholds, from code or a JSON/YAML file) in,
+`ValidationResult` (checks, failures with example rows, where the report was written) out.
 
-A dataset (DESIGN §4) is judged on three in-memory pandas batches, each with its own
-ExpectationSuite and ValidationDefinition in an ephemeral GX context:
+A dataset (docs/architecture.md, "Sample schema") is judged on three in-memory pandas
+batches, each with its own ExpectationSuite and ValidationDefinition in an ephemeral GX context:
 
 - **manifest**, one row per sample: row count (vs. the card), keys present and unique,
   splits known, captions present and within length bounds, image sides and aspect ratio
@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from components import storage
 from components.datasets import metadata_dir
+from components.settings import disable_telemetry
 from tipsv2_core.data.card import CAPTION_FIELDS
 from tipsv2_core.data.layout import REJECTED_FILE, read_card, read_manifest
 from tipsv2_core.schema import build, parse_mapping
@@ -590,8 +591,7 @@ def _build(root: Path, cfg: ValidationConfig) -> _Batches:
 
 def _run_suites(batches: _Batches, cfg: ValidationConfig) -> dict[str, dict[str, Any]]:
     """Runs each batch's suite in an ephemeral GX context; returns GX's result documents."""
-    # Set before the import: these machines have no way out (DESIGN §5).
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    disable_telemetry()  # before the import: these machines have no way out
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig

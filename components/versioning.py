@@ -1,12 +1,12 @@
 """Data versioning with DVC: version ids for lineage, the remote, and running DVC.
 
-The repository root holds the DVC pipeline (`dvc.yaml`, `params.yaml`; DESIGN §3 "repro")
+The repository root holds the DVC pipeline (`dvc.yaml`, `params.yaml`)
 whose stages call the `tipsv2` CLI. Two remotes are defined in the committed
 `.dvc/config`, with neither credentials nor machine paths:
 
 - `local` (the default): `../.tipsv2/dvc-remote`, resolved by DVC relative to `.dvc/`,
-  i.e. `$TIPSV2_HOME/dvc-remote` for the default `TIPSV2_HOME=./.tipsv2` (DESIGN §5: the
-  embedded default). `configure_remote` points it at another `TIPSV2_HOME` in
+  i.e. `$TIPSV2_HOME/dvc-remote` for the default `TIPSV2_HOME=./.tipsv2` (the embedded
+  default). `configure_remote` points it at another `TIPSV2_HOME` in
   `.dvc/config.local`, which git ignores.
 - `s3`: `s3://tipsv2/dvc`, the data bucket of the local stack (or any S3). The endpoint
   and credentials come from the environment at run time (`AWS_ENDPOINT_URL`,
@@ -14,11 +14,11 @@ whose stages call the `tipsv2` CLI. Two remotes are defined in the committed
   stack's env file; `configure_remote(kind="s3")` makes it the default and records the
   endpoint (not the credentials) in `.dvc/config.local`.
 
-`dataset_version(path)` is what later steps record as `data_version` (DESIGN §4,
-lineage): the DVC md5 of a tracked output, from `dvc.lock` (a pipeline stage's output)
+`dataset_version(path)` is what later steps record as `data_version` (docs/architecture.md,
+"Lineage"): the DVC md5 of a tracked output, from `dvc.lock` (a pipeline stage's output)
 or from `<path>.dvc` (`dvc add`). DVC itself runs as a subprocess of this interpreter
-(`python -m dvc`), with the no-telemetry switches of DESIGN §5, so it is the same DVC the
-lock pins and the CLI's `tipsv2` is on its PATH for `dvc repro`.
+(`python -m dvc`), with the no-telemetry switches (`settings.TELEMETRY_OFF`), so it is
+the same DVC the lock pins and the CLI's `tipsv2` is on its PATH for `dvc repro`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from components.settings import DATA_BUCKET, configure, disable_telemetry, tipsv2_home
-from tipsv2_core.uri import local_path
+from tipsv2_core.uri import strip_file_scheme
 
 __all__ = [
     "LOCAL_REMOTE",
@@ -179,9 +179,9 @@ def data_version(path: str | os.PathLike[str], *, missing_ok: bool = False) -> s
     `missing_ok` (for callers whose loader reports that with more detail).
     """
     try:
-        return dataset_version(local_path(path))
+        return dataset_version(strip_file_scheme(path))
     except (VersioningError, OSError, ValueError):
-        manifest = Path(local_path(path)) / "manifest.parquet"
+        manifest = Path(strip_file_scheme(path)) / "manifest.parquet"
         if not manifest.is_file():
             if missing_ok:
                 return ""

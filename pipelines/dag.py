@@ -10,7 +10,8 @@
     exit handler: finish-run (ends the MLflow parent run with the final state)
 
 Every component is a thin function that imports one function of `components.steps` and
-calls it with the paths KFP hands it; all the logic lives in `components/` (DESIGN §3).
+calls it with the paths KFP hands it; all the logic lives in `components/` (docs/architecture.md,
+"Data flow of one pipeline run").
 The same DAG runs on a Kubeflow cluster (`tipsv2 pipeline submit`) and locally on
 `kfp.local.SubprocessRunner` (`tipsv2 run`).
 
@@ -54,7 +55,7 @@ SHARED_PVC = "tipsv2-shared"
 SHARED_MOUNT = "/mnt/tipsv2"
 
 # Kubernetes objects of infra/k8s: the S3 credentials, optional MLflow credentials and the
-# shared non-secret settings. Credentials only ever come from Secrets (DESIGN §4).
+# shared non-secret settings. Credentials only ever come from Secrets.
 S3_SECRET = "tipsv2-s3"
 S3_SECRET_KEYS = {
     "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",

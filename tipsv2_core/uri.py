@@ -12,7 +12,7 @@ import os
 FILE_SCHEME = "file://"
 
 
-def local_path(uri: str | os.PathLike[str]) -> str:
+def strip_file_scheme(uri: str | os.PathLike[str]) -> str:
     """`file:///data/x` -> `/data/x`; a plain path as it is.
 
     Any other URI (`s3://…`) is returned unchanged, so callers that pass object-store URIs

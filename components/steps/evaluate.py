@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tipsv2_core.uri import local_path
+from tipsv2_core.uri import strip_file_scheme
 
 EVAL_TASKS = ("zeroshot_seg", "retrieval")
 
@@ -42,9 +42,9 @@ def evaluate_model(
     from tipsv2_core.text import Tokenizer
 
     t0 = time.perf_counter()
-    run_dir = Path(local_path(model_dir))
+    run_dir = Path(strip_file_scheme(model_dir))
     checkpoint = run_dir / "final"
-    views = open_eval_views(local_path(dataset), limit=limit)
+    views = open_eval_views(strip_file_scheme(dataset), limit=limit)
     model = load_model(str(checkpoint))
     tokenizer = Tokenizer(run_dir / "tokenizer.model")
     lineage = checkpoint_lineage(checkpoint, model.variant.name)
@@ -59,7 +59,7 @@ def evaluate_model(
         image_size=image_size,
         eval_size=eval_size,
         mode="whole",
-        report=local_path(report),
+        report=strip_file_scheme(report),
         subject=f"{role}: {model.variant.name}",
         lineage=lineage,
         history=run_history(checkpoint),
@@ -122,8 +122,8 @@ def select_candidate(
 
 def copy_model(model_dir: str, out: str) -> None:
     """Copies a training run's final model and tokenizer (not its checkpoints) to `out`."""
-    src = Path(local_path(model_dir))
-    dst = Path(local_path(out))
+    src = Path(strip_file_scheme(model_dir))
+    dst = Path(strip_file_scheme(out))
     shutil.copytree(src / "final", dst / "final", dirs_exist_ok=True)
     shutil.copyfile(src / "tokenizer.model", dst / "tokenizer.model")
     if (src / "metrics.jsonl").is_file():

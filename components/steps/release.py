@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tipsv2_core.uri import local_path
+from tipsv2_core.uri import strip_file_scheme
 
 
 def export_model(model_dir: str, out: str, image_sizes: Sequence[int] = (224,)) -> dict[str, Any]:
@@ -17,10 +17,10 @@ def export_model(model_dir: str, out: str, image_sizes: Sequence[int] = (224,)) 
     from tipsv2_core.export import export_checkpoint
 
     t0 = time.perf_counter()
-    run_dir = Path(local_path(model_dir))
+    run_dir = Path(strip_file_scheme(model_dir))
     result = export_checkpoint(
         str(run_dir / "final"),
-        local_path(out),
+        strip_file_scheme(out),
         image_sizes=list(image_sizes),
         tokenizer=str(run_dir / "tokenizer.model"),
     )
@@ -50,7 +50,7 @@ def register_model(
     t0 = time.perf_counter()
     configure()
     reg = register_export(
-        local_path(export_dir),
+        strip_file_scheme(export_dir),
         name,
         dict(metrics),
         eval_data_version=version or None,

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tipsv2_core.uri import local_path
+from tipsv2_core.uri import strip_file_scheme
 
 if TYPE_CHECKING:
     from tipsv2_core.config import TrainConfig
@@ -57,8 +57,8 @@ def training_config(
         raise ValueError(f"kind must be pretrain or distill, got {kind!r}")
     distill = kind == "distill"
     cfg = get_recipe(recipe if not distill else f"distill_{recipe}", distill=distill)
-    cfg.data.path = local_path(data)
-    cfg.data.tokenizer = local_path(tokenizer)
+    cfg.data.path = strip_file_scheme(data)
+    cfg.data.tokenizer = strip_file_scheme(tokenizer)
     cfg.run.data_version = version
     sets = list(overrides)
     if steps:
@@ -68,7 +68,7 @@ def training_config(
     if distill:
         if not teacher:
             raise ValueError("distillation needs a teacher checkpoint")
-        cfg.distill.teacher = local_path(teacher)
+        cfg.distill.teacher = strip_file_scheme(teacher)
         if student_variant:
             cfg.model.variant = student_variant
     return validate(apply_overrides(cfg, sets))
@@ -121,7 +121,7 @@ def train_model(
 
         job = train_as_ray_job(
             kind,  # type: ignore[arg-type]
-            local_path(out),
+            strip_file_scheme(out),
             cfg,
             RayJobTarget(ray_address, shared_dir),
             workers=workers,
@@ -135,7 +135,7 @@ def train_model(
             "variant": cfg.model.variant,
             "recipe": cfg.recipe,
             "steps": int(job.summary.get("steps", 0)),
-            "final": str(Path(local_path(out)) / "final"),
+            "final": str(Path(strip_file_scheme(out)) / "final"),
             "data_version": version,
             "ray_job_id": job.job_id,
             "ray_address": ray_address,
@@ -157,7 +157,7 @@ def train_model(
             "step": kind if not distill else f"distill/{cfg.model.variant}",
             "experiment": experiment,
             "tracking_uri": configure().tracking_uri,
-            "checkpoint_uri": str(Path(local_path(out)).resolve() / "final"),
+            "checkpoint_uri": str(Path(strip_file_scheme(out)).resolve() / "final"),
             "pipeline_run_id": group,
         }
     cpus = _cpus(cpu_limit)
@@ -170,7 +170,7 @@ def train_model(
     )
     status = "FAILED"
     try:
-        result = train_on_ray(cfg, local_path(out), kind, spec)  # type: ignore[arg-type]
+        result = train_on_ray(cfg, strip_file_scheme(out), kind, spec)  # type: ignore[arg-type]
         status = "FINISHED"
     finally:
         if group:

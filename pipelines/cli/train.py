@@ -104,16 +104,16 @@ def _common(p: argparse.ArgumentParser, default_recipe: str) -> None:
 def build_config(args: argparse.Namespace):
     from tipsv2_core.config import apply_overrides, validate
     from tipsv2_core.recipes import get_recipe
-    from tipsv2_core.uri import local_path
+    from tipsv2_core.uri import strip_file_scheme
 
     cfg = get_recipe(args.recipe, distill=args.distill)
     if args.data:
-        cfg.data.path = local_path(args.data)
+        cfg.data.path = strip_file_scheme(args.data)
     if args.tokenizer:
         cfg.data.tokenizer = args.tokenizer
     if args.distill:
         if args.teacher:
-            cfg.distill.teacher = local_path(args.teacher)
+            cfg.distill.teacher = strip_file_scheme(args.teacher)
         if args.teacher_variant:
             cfg.distill.teacher_variant = args.teacher_variant
         if args.student_variant:
@@ -127,7 +127,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from tipsv2_core.uri import local_path
+    from tipsv2_core.uri import strip_file_scheme
 
     if args.list_recipes:
         from tipsv2_core.recipes import DISTILL_RECIPES, RECIPES
@@ -151,7 +151,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError("--data and --out are required (or use --dry-run)")
     if args.distill and not cfg.distill.teacher:
         raise ValueError("--teacher is required for distillation")
-    out = local_path(args.out)
+    out = strip_file_scheme(args.out)
     if args.no_ray:
         from tipsv2_core.train.runs import distill, pretrain
 
