@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from components.train_entry import JobOptions
 from tipsv2_core.uri import strip_file_scheme
 
 if TYPE_CHECKING:
@@ -97,11 +98,8 @@ def train_as_ray_job(
     out: str | Path,
     cfg: TrainConfig,
     target: RayJobTarget,
+    options: JobOptions | None = None,
     *,
-    workers: int = 1,
-    gpus_per_worker: float = 0.0,
-    experiment: str = "tipsv2",
-    track: bool = True,
     env: dict[str, str] | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> RayJobResult:
@@ -110,8 +108,9 @@ def train_as_ray_job(
     (checkpoints, metrics.jsonl, final/, tokenizer.model) at `out`.
 
     The config's dataset, tokenizer and teacher are staged on the shared folder and the
-    shipped config points at those copies. env: variables for the job's processes (never
-    credentials: the cluster's pods hold their own).
+    shipped config points at those copies. options: workers, GPUs and tracking of the
+    run (components.train_entry.JobOptions); env: variables for the job's processes
+    (never credentials: the cluster's pods hold their own).
     """
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -140,11 +139,7 @@ def train_as_ray_job(
         run_dir, result_file = stage / "run", stage / "result.json"
         cmd = ["python", "-m", "components.train_entry", "--config", str(config_file)]
         cmd += ["--kind", kind, "--out", str(run_dir), "--result", str(result_file)]
-        cmd += ["--workers", str(workers), "--experiment", experiment]
-        if gpus_per_worker > 0:
-            cmd += ["--gpus-per-worker", str(gpus_per_worker)]
-        if not track:
-            cmd.append("--no-track")
+        cmd += (options or JobOptions()).argv()
         client = JobSubmissionClient(target.address)
         job_id = _submit(
             client,

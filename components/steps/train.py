@@ -8,12 +8,9 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tipsv2_core.uri import strip_file_scheme
-
-if TYPE_CHECKING:
-    from tipsv2_core.config import TrainConfig
 
 
 def _cpus(cpu_limit: str) -> float:
@@ -32,46 +29,6 @@ def _losses(metrics: Mapping[str, Any]) -> dict[str, float]:
         for k, v in metrics.items()
         if k.endswith("loss") and isinstance(v, int | float) and math.isfinite(v)
     }
-
-
-def training_config(
-    kind: str,
-    data: str,
-    tokenizer: str,
-    *,
-    recipe: str = "demo",
-    version: str = "",
-    steps: int = 0,
-    batch_size: int = 0,
-    overrides: Sequence[str] = (),
-    teacher: str | None = None,
-    student_variant: str | None = None,
-) -> TrainConfig:
-    """The resolved, validated config of a training step: the recipe (`distill_<recipe>`
-    for distillation) with the step's inputs, `steps` / `batch_size` for its first stage
-    (0: the recipe's) and `key=value` overrides. A bad override fails here, before any job."""
-    from tipsv2_core.config import apply_overrides, validate
-    from tipsv2_core.recipes import get_recipe
-
-    if kind not in ("pretrain", "distill"):
-        raise ValueError(f"kind must be pretrain or distill, got {kind!r}")
-    distill = kind == "distill"
-    cfg = get_recipe(recipe if not distill else f"distill_{recipe}", distill=distill)
-    cfg.data.path = strip_file_scheme(data)
-    cfg.data.tokenizer = strip_file_scheme(tokenizer)
-    cfg.run.data_version = version
-    sets = list(overrides)
-    if steps:
-        sets.append(f"stages.0.steps={steps}")
-    if batch_size:
-        sets.append(f"stages.0.batch_size={batch_size}")
-    if distill:
-        if not teacher:
-            raise ValueError("distillation needs a teacher checkpoint")
-        cfg.distill.teacher = strip_file_scheme(teacher)
-        if student_variant:
-            cfg.model.variant = student_variant
-    return validate(apply_overrides(cfg, sets))
 
 
 def train_model(
@@ -108,26 +65,40 @@ def train_model(
     (components.ray_jobs).
     """
     from components.ray_train import RayTrainSpec, train_on_ray
+    from tipsv2_core.config import apply_overrides, validate
+    from tipsv2_core.recipes import get_recipe
 
-    t0 = time.perf_counter()
-    cfg = training_config(
-        kind, data, tokenizer, recipe=recipe, version=version, steps=steps,
-        batch_size=batch_size, overrides=overrides, teacher=teacher,
-        student_variant=student_variant,
-    )  # fmt: skip
+    if kind not in ("pretrain", "distill"):
+        raise ValueError(f"kind must be pretrain or distill, got {kind!r}")
     distill = kind == "distill"
+    t0 = time.perf_counter()
+    cfg = get_recipe(recipe if not distill else f"distill_{recipe}", distill=distill)
+    cfg.data.path = strip_file_scheme(data)
+    cfg.data.tokenizer = strip_file_scheme(tokenizer)
+    cfg.run.data_version = version
+    sets = list(overrides)
+    if steps:
+        sets.append(f"stages.0.steps={steps}")
+    if batch_size:
+        sets.append(f"stages.0.batch_size={batch_size}")
+    if distill:
+        if not teacher:
+            raise ValueError("distillation needs a teacher checkpoint")
+        cfg.distill.teacher = strip_file_scheme(teacher)
+        if student_variant:
+            cfg.model.variant = student_variant
+    # A bad override fails here, before any job; the Ray job gets this very config.
+    cfg = validate(apply_overrides(cfg, sets))
     if ray_address:
         from components.ray_jobs import RayJobTarget, train_as_ray_job
+        from components.train_entry import JobOptions
 
         job = train_as_ray_job(
             kind,  # type: ignore[arg-type]
             strip_file_scheme(out),
             cfg,
             RayJobTarget(ray_address, shared_dir),
-            workers=workers,
-            gpus_per_worker=gpus / workers if gpus > 0 else 0.0,
-            experiment=experiment,
-            track=track,
+            JobOptions(workers, gpus / workers if gpus > 0 else 0.0, experiment, track),
             on_event=print,
         )
         return {

@@ -10,15 +10,20 @@ from typing import Any
 MAX_CELL = 48  # characters; longer cells end in `…`
 
 
-def tracking_options() -> argparse.ArgumentParser:
-    """A parent parser (`parents=[...]`) with `--tracking-uri` and `--json`."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def add_tracking_uri(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--tracking-uri`, resolved later by `components.tracking.resolve_tracking_uri`."""
+    parser.add_argument(
         "--tracking-uri",
         default=None,
         help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, the local stack, "
         "or sqlite:///$TIPSV2_HOME/mlflow.db)",
     )
+
+
+def tracking_options() -> argparse.ArgumentParser:
+    """A parent parser (`parents=[...]`) with `--tracking-uri` and `--json`."""
+    common = argparse.ArgumentParser(add_help=False)
+    add_tracking_uri(common)
     common.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return common
 

@@ -12,6 +12,8 @@ import contextlib
 import json
 from pathlib import Path
 
+from pipelines.cli.common import add_tracking_uri
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
@@ -92,12 +94,7 @@ def _common(p: argparse.ArgumentParser, default_recipe: str) -> None:
     )
     track = p.add_argument_group("tracking (MLflow)")
     track.add_argument("--experiment", default="tipsv2", help="MLflow experiment (default tipsv2)")
-    track.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow server or sqlite:// URI (default: the local stack when it runs, "
-        "else sqlite under $TIPSV2_HOME)",
-    )
+    add_tracking_uri(track)
     track.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
