@@ -147,7 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from components.registry import client_for, list_models
+    from components.registry import list_models
+    from components.tracking import client_for
 
     models = list_models(client_for(args.tracking_uri))
     if args.json:
@@ -171,7 +172,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from components.promote import TAG_DECISION, history
-    from components.registry import client_for, list_versions
+    from components.registry import list_versions
+    from components.tracking import client_for
 
     client = client_for(args.tracking_uri)
     versions = list_versions(client, args.name)
