@@ -2,6 +2,7 @@
 # idempotently (a stamp file records the installed lock).
 #
 #   make test    run the whole test suite (what CI runs)
+#   make test-fast  the unit tier only (-m unit, about two minutes): the edit loop
 #   make demo    init a small model, train a tokenizer, embed an image and a text
 #   make bench   encoder throughput: ours vs a plainly written reference
 #   make lint    ruff
@@ -18,7 +19,7 @@ UV_VERSION := 0.13.9
 # or it fetches a multi-GB CUDA torch instead of the CPU wheel.
 FIND_LINKS := $(foreach d,$(PIP_FIND_LINKS),--find-links $(d))
 
-.PHONY: install test lint format lock bench demo run image clean
+.PHONY: install test test-fast lint format lock bench demo run image clean
 
 install: $(STAMP)
 
@@ -34,6 +35,9 @@ $(STAMP): $(LOCK) pyproject.toml | $(BIN)/python
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m unit -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

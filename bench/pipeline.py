@@ -52,13 +52,11 @@ TIMEOUT_S = 1200
 def direct_pipeline(params: Mapping[str, Any], out: Path) -> dict[str, Any]:
     """The DAG of pipelines/dag.py as plain calls, in the order kfp.local runs it, with the
     arguments its components pass. Returns the per-step times and the outcome."""
-    from components.settings import configure
-    from pipelines.cli.pipeline import TELEMETRY_OFF
+    from components.settings import configure, disable_telemetry
 
     # What `run_local` does before the first task: telemetry off, settings chosen once,
     # an absolute home (steps call configure() again and must land on the same one).
-    for key, value in TELEMETRY_OFF.items():
-        os.environ.setdefault(key, value)
+    disable_telemetry()
     settings = configure()
     os.environ["TIPSV2_HOME"] = str(settings.home)
     os.environ["TIPSV2_IMAGE"] = "local"  # what the DAG sets on every local task
@@ -87,6 +85,7 @@ def direct_pipeline(params: Mapping[str, Any], out: Path) -> dict[str, Any]:
     try:
         with step("preflight"):
             steps.check_promotion_rules(p["promotion"])
+            steps.check_validation_config(p["validation"])
             students = steps.plan_students(p["recipe"], p["student_variants"])
         with step("prepare-data"):
             folder("prepare-data")

@@ -20,20 +20,6 @@ ACCURACY_FILE = "accuracy.json"
 DEFAULT_TASKS = ("zeroshot_seg", "retrieval")
 
 
-def _evaluate(model: Any, tokenizer: Any, views: Any, tasks: Sequence[str], **kw: Any) -> dict:
-    from tipsv2_core.eval.protocol import run_evaluation
-
-    metrics: dict[str, float] = {}
-    for task in tasks:
-        opts: dict[str, Any] = {"progress": False}
-        if task == "zeroshot_seg":
-            opts |= {"mode": "whole", "eval_size": kw["eval_size"]}
-        else:
-            opts["image_size"] = kw["image_size"]
-        metrics |= run_evaluation(task, model, tokenizer, views.view_for(task, "eval"), **opts)
-    return metrics
-
-
 def accuracy_deltas(
     checkpoint: str | os.PathLike,
     export_dir: str | os.PathLike,
@@ -47,6 +33,7 @@ def accuracy_deltas(
     """Metrics of the native checkpoint and of each precision in `export_dir` on `dataset`
     (any layout `tipsv2 eval` reads), plus their differences; written to accuracy.json in
     the export directory (atomically) and returned."""
+    from components.evaluation import evaluate_and_report
     from tipsv2_core.eval.readers.resolve import open_eval_views
     from tipsv2_core.export import load_onnx_model
     from tipsv2_core.export.runtime import read_meta
@@ -59,12 +46,14 @@ def accuracy_deltas(
         raise FileNotFoundError(f"{export_dir}: no tokenizer.model; export with --tokenizer")
     tokenizer = Tokenizer(tokenizer_file)
     views = open_eval_views(dataset, limit=limit)
-    kw = {"image_size": image_size, "eval_size": eval_size}
-    native = _evaluate(load_model(checkpoint), tokenizer, views, tasks, **kw)
+    kw: dict[str, Any] = {"image_size": image_size, "eval_size": eval_size, "mode": "whole"}
+    native = evaluate_and_report(
+        load_model(checkpoint), tokenizer, views, tasks, where="eval", **kw
+    )
     out = {f"native/{k}": v for k, v in native.items()}
     for precision in read_meta(export_dir)["files"]:
         model = load_onnx_model(export_dir, precision=precision)
-        exported = _evaluate(model, tokenizer, views, tasks, **kw)
+        exported = evaluate_and_report(model, tokenizer, views, tasks, where="eval", **kw)
         out |= {f"export/{precision}/{k}": exported[k] - native[k] for k in native}
     tmp = export_dir / f".{ACCURACY_FILE}.tmp"
     tmp.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")

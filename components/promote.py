@@ -61,12 +61,15 @@ from components.registry import (
     RegistryError,
     VersionInfo,
     alias_version,
-    client_for,
-    experiment_id,
-    mlflow_key,
-    tracking_uri_or_default,
     version_info,
 )
+from components.tracking import (
+    client_for,
+    get_or_create_experiment,
+    resolve_tracking_uri,
+    sanitize_key,
+)
+from tipsv2_core.schema import build, parse_mapping
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -140,41 +143,26 @@ class GateConfig:
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> GateConfig:
         """From `{"primary_metric": ..., "secondary": {metric: {margin, higher_is_better}
-        | margin} | [{"metric": ..., ...}], ...}`; unknown keys are an error (typos)."""
+        | margin} | [{"metric": ..., ...}], ...}`; unknown keys (typos) and wrong types
+        are a PromotionError naming the key (tipsv2_core/schema.py)."""
         doc = dict(doc)
-        known = set(cls.__dataclass_fields__)
-        unknown = set(doc) - known
-        if unknown:
-            raise PromotionError(f"unknown gate config key(s) {sorted(unknown)}; known: {known}")
-        raw = doc.pop("secondary", None) or ()
-        rules: list[MetricRule] = []
-        if isinstance(raw, Mapping):
-            for metric, rule in raw.items():
-                if isinstance(rule, Mapping):
-                    rules.append(MetricRule(metric=str(metric), **rule))
-                else:
-                    rules.append(MetricRule(metric=str(metric), margin=float(rule)))
-        else:
-            rules = [r if isinstance(r, MetricRule) else MetricRule(**r) for r in raw]
-        try:
-            return cls(secondary=tuple(rules), **doc)
-        except TypeError as e:
-            raise PromotionError(f"bad gate config: {e}") from None
+        raw = doc.get("secondary") or ()
+        if isinstance(raw, Mapping):  # the short form: metric -> margin, or -> its rule
+            doc["secondary"] = [
+                {"metric": str(metric), **rule}
+                if isinstance(rule, Mapping)
+                else {"metric": str(metric), "margin": rule}
+                for metric, rule in raw.items()
+            ]
+        elif isinstance(raw, Sequence) and not isinstance(raw, str):
+            doc["secondary"] = [asdict(r) if isinstance(r, MetricRule) else r for r in raw]
+        return build(cls, doc, what="gate config key(s)", error=PromotionError)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> GateConfig:
-        """A `.json`, `.yaml` or `.yml` file holding `from_dict`'s mapping."""
+        """A `.json` or YAML file holding `from_dict`'s mapping."""
         path = Path(path)
-        text = path.read_text()
-        if path.suffix in {".yaml", ".yml"}:
-            import yaml
-
-            doc = yaml.safe_load(text)
-        else:
-            doc = json.loads(text)
-        if not isinstance(doc, Mapping):
-            raise PromotionError(f"{path}: the gate config must be a mapping")
-        return cls.from_dict(doc)
+        return cls.from_dict(parse_mapping(path.read_text(), str(path), error=PromotionError))
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -289,7 +277,7 @@ def evaluate_gate(
 ) -> GateResult:
     """Every rule of the module docstring, evaluated; nothing is read or written."""
     rules = [_parity_rule(challenger, config.parity_tolerance)]
-    primary = mlflow_key(config.primary_metric)
+    primary = sanitize_key(config.primary_metric)
     ch_value = challenger.metrics.get(primary)
     if not _finite(ch_value):
         message = f"challenger has no value for {primary}"
@@ -329,7 +317,7 @@ def evaluate_gate(
             rules.append(RuleResult("primary", ok, message, primary, ch_value, cp_value))
 
     for rule in config.secondary:
-        key = mlflow_key(rule.metric)
+        key = sanitize_key(rule.metric)
         a, b = challenger.metrics.get(key), champion.metrics.get(key)
         if not _finite(a):
             message = f"challenger has no value for {key}"
@@ -425,7 +413,7 @@ def _record(client: MlflowClient, tracking_uri: str, decision: Decision) -> Deci
     the history run id filled in."""
     from mlflow.entities import Metric, Param
 
-    exp = experiment_id(client, HISTORY_EXPERIMENT, tracking_uri)
+    exp = get_or_create_experiment(client, HISTORY_EXPERIMENT, tracking_uri)
     tags = {
         "registered_model": decision.name,
         "model_version": decision.version,
@@ -512,7 +500,7 @@ def promote(
     """
     if force and not (reason and reason.strip()):
         raise PromotionError("a forced promotion needs a reason (--reason)")
-    uri = tracking_uri_or_default(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
     client = client_for(uri)
     version = str(version)
     challenger = version_info(client, name, version)
@@ -568,7 +556,7 @@ def rollback(
 ) -> Decision:
     """Moves `champion` back to `to_version` (no gate: the point is to undo a promotion),
     recording who and why. The version must exist and must not be the champion already."""
-    uri = tracking_uri_or_default(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
     client = client_for(uri)
     to_version = str(to_version)
     version_info(client, name, to_version)  # raises for an unknown model or version

@@ -3,12 +3,13 @@ attaches to the RayCluster of `infra/k8s` instead of starting Ray inside its own
 
 A KFP step's inputs are files in its own pod, invisible to the cluster's nodes, so the
 step stages them on storage that every node mounts (the ReadWriteMany volume at
-/mnt/tipsv2 on a cluster; any shared folder here), submits `tipsv2 train|distill
---ray-address auto` as a Ray job, follows it to its end, and copies the finished run
-directory back into its output. A failed job raises with the job id and the tail of its
-log, and leaves the step's output untouched.
+/mnt/tipsv2 on a cluster; any shared folder here) together with the resolved config
+(`to_dict` JSON, its paths pointing at the staged copies), submits the Python entry
+point `components.train_entry` as a Ray job, follows it to its end, reads the result file
+the job wrote, and copies the finished run directory back into its output. A failed job
+raises with the job id and the tail of its log, and leaves the step's output untouched.
 
-    result = train_as_ray_job("pretrain", out, data, tokenizer, ["--set", "stages.0.steps=50"],
+    result = train_as_ray_job("pretrain", out, cfg,
                               RayJobTarget("http://tipsv2-ray-head-svc:8265", "/mnt/tipsv2/jobs"))
 """
 
@@ -19,10 +20,16 @@ import shlex
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from components.train_entry import JobOptions
+from tipsv2_core.uri import strip_file_scheme
+
+if TYPE_CHECKING:
+    from tipsv2_core.config import TrainConfig
 
 __all__ = ["RayJobError", "RayJobResult", "RayJobTarget", "train_as_ray_job"]
 
@@ -58,7 +65,7 @@ class RayJobTarget:
 @dataclass(frozen=True)
 class RayJobResult:
     job_id: str
-    summary: dict[str, Any]  # the CLI's closing JSON line: steps, losses, workers, ...
+    summary: dict[str, Any]  # the job's result file: steps, losses, workers, ...
     seconds: float
 
 
@@ -70,16 +77,6 @@ def _stage(src: Path, dst: Path) -> str:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
     return str(dst)
-
-
-def _last_json(logs: str) -> dict[str, Any]:
-    for line in reversed(logs.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                continue
-    return {}
 
 
 def _submit(client: Any, *, retry_s: float = SUBMIT_RETRY_S, **job: Any) -> str:
@@ -99,23 +96,25 @@ def _submit(client: Any, *, retry_s: float = SUBMIT_RETRY_S, **job: Any) -> str:
 def train_as_ray_job(
     kind: Literal["pretrain", "distill"],
     out: str | Path,
-    data: str | Path,
-    tokenizer: str | Path,
-    cli_args: Sequence[str],
+    cfg: TrainConfig,
     target: RayJobTarget,
+    options: JobOptions | None = None,
     *,
-    teacher: str | Path | None = None,
     env: dict[str, str] | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> RayJobResult:
-    """Runs `tipsv2 train` (or `distill`) as a Ray job on `target` and puts the finished
-    run directory (checkpoints, metrics.jsonl, final/, tokenizer.model) at `out`.
+    """Runs the resolved, validated `cfg` as a Ray job on `target` (pretraining, or
+    distillation of `cfg.distill.teacher`) and puts the finished run directory
+    (checkpoints, metrics.jsonl, final/, tokenizer.model) at `out`.
 
-    cli_args: further CLI options (`--set k=v`, `--workers N`, `--experiment E`, ...);
-    data, tokenizer, teacher, --out and --ray-address are set here. env: variables for
-    the job's processes (never credentials: the cluster's pods hold their own).
+    The config's dataset, tokenizer and teacher are staged on the shared folder and the
+    shipped config points at those copies. options: workers, GPUs and tracking of the
+    run (components.train_entry.JobOptions); env: variables for the job's processes
+    (never credentials: the cluster's pods hold their own).
     """
     from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from tipsv2_core.config import from_dict, to_dict
 
     say = on_event or (lambda _msg: None)
     out = Path(out)
@@ -124,15 +123,23 @@ def train_as_ray_job(
     stage.mkdir(parents=True)
     t0 = time.perf_counter()
     try:
-        cmd = ["tipsv2", "distill" if kind == "distill" else "train"]
-        cmd += ["--data", _stage(Path(data), stage / "data")]
-        cmd += ["--tokenizer", _stage(Path(tokenizer), stage / "tokenizer.model")]
+        staged = from_dict(to_dict(cfg))  # the caller's config stays as it was
+        staged.data.path = _stage(Path(strip_file_scheme(cfg.data.path)), stage / "data")
+        staged.data.tokenizer = _stage(
+            Path(strip_file_scheme(cfg.data.tokenizer)), stage / "tokenizer.model"
+        )
         if kind == "distill":
-            if teacher is None:
+            if not cfg.distill.teacher:
                 raise ValueError("distillation needs a teacher checkpoint")
-            cmd += ["--teacher", _stage(Path(teacher), stage / "teacher")]
-        run_dir = stage / "run"
-        cmd += ["--out", str(run_dir), "--ray-address", "auto", "--quiet", *cli_args]
+            staged.distill.teacher = _stage(
+                Path(strip_file_scheme(cfg.distill.teacher)), stage / "teacher"
+            )
+        config_file = stage / "config.json"
+        config_file.write_text(json.dumps(to_dict(staged), indent=2) + "\n")
+        run_dir, result_file = stage / "run", stage / "result.json"
+        cmd = ["python", "-m", "components.train_entry", "--config", str(config_file)]
+        cmd += ["--kind", kind, "--out", str(run_dir), "--result", str(result_file)]
+        cmd += (options or JobOptions()).argv()
         client = JobSubmissionClient(target.address)
         job_id = _submit(
             client,
@@ -152,8 +159,12 @@ def train_as_ray_job(
         if status != JobStatus.SUCCEEDED:
             tail = "\n".join(logs.strip().splitlines()[-LOG_TAIL:])
             raise RayJobError(f"ray job {job_id} on {target.address} ended {status.value}:\n{tail}")
-        if not (run_dir / "final" / "COMPLETE").is_file():
-            raise RayJobError(f"ray job {job_id} succeeded but left no complete model in {run_dir}")
+        if not (run_dir / "final" / "COMPLETE").is_file() or not result_file.is_file():
+            raise RayJobError(
+                f"ray job {job_id} succeeded but left no complete model in {run_dir} "
+                f"or no result file {result_file.name}"
+            )
+        summary = json.loads(result_file.read_text())
         # Into the step's output only once complete: a failed copy leaves no half model
         # that a later step could mistake for a finished one.
         partial = out.with_name(out.name + ".partial")
@@ -163,6 +174,6 @@ def train_as_ray_job(
             shutil.rmtree(out)
         partial.rename(out)
         say(f"ray job {job_id} {status.value}; run copied to {out}")
-        return RayJobResult(job_id, _last_json(logs), round(time.perf_counter() - t0, 3))
+        return RayJobResult(job_id, summary, round(time.perf_counter() - t0, 3))
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -27,18 +27,20 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from components.settings import disable_telemetry
 from tipsv2_core.config import TrainConfig, from_dict, to_dict
+from tipsv2_core.uri import strip_file_scheme
 
 Kind = Literal["pretrain", "distill"]
-# Environment for Ray on machines without a way out, and for S3 gateways that reject
-# streaming checksums (pyarrow's uploads of Ray checkpoints); DESIGN §5.
+# Environment for Ray (besides settings.TELEMETRY_OFF): no token prompt for a local
+# cluster, and the checksum mode of S3 gateways that reject streaming checksums (pyarrow's
+# uploads of Ray checkpoints).
 RAY_ENV_DEFAULTS = {
-    "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
     "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
 }
@@ -88,7 +90,7 @@ def storage_target(storage: str) -> tuple[str, Any]:
     """(storage_path, pyarrow filesystem or None) for Ray's RunConfig.
 
     `s3://bucket/prefix` uses the endpoint and credentials of the standard AWS variables,
-    never parameters (DESIGN §4); a plain path or `file://` is made absolute.
+    never parameters; a plain path or `file://` is made absolute.
     """
     if storage.startswith("s3://"):
         from pyarrow import fs
@@ -99,7 +101,7 @@ def storage_target(storage: str) -> tuple[str, Any]:
             scheme, _, host = endpoint.partition("://")
             kw |= {"endpoint_override": host or scheme, "scheme": scheme if host else "https"}
         return storage.removeprefix("s3://").rstrip("/"), fs.S3FileSystem(**kw)
-    return str(Path(storage.removeprefix("file://")).resolve()), None
+    return str(Path(strip_file_scheme(storage)).resolve()), None
 
 
 def _restore_into(out: Path, checkpoint: Any) -> int | None:
@@ -211,8 +213,7 @@ def _run_worker(
 def _init_ray(spec: RayTrainSpec) -> None:
     import ray
 
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    disable_telemetry(extra=RAY_ENV_DEFAULTS)
     if ray.is_initialized():
         return
     if spec.address:
@@ -229,7 +230,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     cfg = from_dict(to_dict(cfg))
 
     def absolute(path: str) -> str:
-        path = path.removeprefix("file://")
+        path = strip_file_scheme(path)
         return path if not path or "://" in path else str(Path(path).resolve())
 
     cfg.data.path = absolute(cfg.data.path)
@@ -256,7 +257,7 @@ def train_on_ray(
 
     spec = spec or RayTrainSpec()
     cfg = absolute_paths(cfg)
-    out = Path(str(out).removeprefix("file://")).resolve()
+    out = Path(strip_file_scheme(out)).resolve()
     out.mkdir(parents=True, exist_ok=True)
     say = on_event or (lambda _msg: None)
     launch = uuid.uuid4().hex[:12]  # tells this call's worker starts from earlier ones
@@ -310,3 +311,30 @@ def train_on_ray(
         startup_s=startup,
         fit_s=fit_s,
     )
+
+
+def run_summary(result: RayTrainResult, workers: int) -> dict[str, Any]:
+    """What a finished Ray run reports (the closing line of `tipsv2 train`, the result
+    file of a Ray job): where the model is, steps, restarts, storage, start-up time and
+    the last logged losses (`loss`, `clip_loss`, ... without the `train/` prefix)."""
+    metrics_file = result.out / "metrics.jsonl"
+    history = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
+    first = next((a for a in reversed(result.attempts) if a["rank"] == 0), {})
+    return {
+        "out": str(result.out),
+        "final": str(result.final),
+        "steps": result.steps,
+        "resumed_from": first.get("resume_step", 0),
+        "workers": workers,
+        "attempts": sum(1 for a in result.attempts if a["rank"] == 0),
+        "storage": result.storage,
+        "ray_startup_s": round(result.startup_s, 1),
+        **last_losses(history),
+    }
+
+
+def last_losses(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The losses of the last training row of `metrics.jsonl` (probe rows carry none),
+    without the `train/` prefix, rounded."""
+    last = next((r for r in reversed(history) if "train/loss" in r), {})
+    return {k.removeprefix("train/"): round(v, 4) for k, v in last.items() if k.endswith("loss")}

@@ -1,6 +1,6 @@
 """Registering ONNX exports in the MLflow model registry, and resolving `models:/` URIs back.
 
-What one registration writes (DESIGN §1 "register in MLflow", §4 metric names and lineage):
+What one registration writes (docs/architecture.md, "Metric names" and "Lineage"):
 
 - one MLflow run in the experiment `tipsv2` (step `register`; a child of the pipeline's
   parent run when a `pipeline_run_id` is known, as components.tracking lays runs out)
@@ -30,7 +30,7 @@ export reader given `resolve_model_uri`'s directory); the price is a second copy
 fp32 image encoder in the artifact store.
 
 Metric names: MLflow rejects `@` in metric and tag keys, so `eval/retrieval/ds/i2t_r@1` is
-stored as `..._r_at_1` (`mlflow_key`, the same rule as the tracking adapter's).
+stored as `..._r_at_1` (`components.tracking.sanitize_key`, the rule of every run too).
 
 `resolve_model_uri` turns `models:/NAME@ALIAS` or `models:/NAME/VERSION` into a local export
 directory: the version's `export/` artifacts are downloaded once into
@@ -54,18 +54,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.settings import tipsv2_home
-from components.tracking import (
+from components.tracking.client import (
+    client_for,
+    find_or_create_parent,
+    get_or_create_experiment,
+    resolve_tracking_uri,
+)
+from components.tracking.lineage import git_sha as code_git_sha
+from components.tracking.scrub import sanitize_key
+from components.tracking.tags import (
     DATA_VERSION_ENV,
     DEFAULT_EXPERIMENT,
     PARENT_TAG,
     PIPELINE_RUN_ID_ENV,
+    TAG_CHECKPOINT,
+    TAG_DATA_VERSION,
+    TAG_EVAL_DATA_VERSION,
+    TAG_EXPORT_FORMAT,
+    TAG_GIT_SHA,
     TAG_KIND,
-    find_or_create_parent,
-    get_or_create_experiment,
-    resolve_tracking_uri,
-    sanitize_key,
+    TAG_PARITY_PASSED,
+    TAG_PARITY_TOLERANCE,
+    TAG_PIPELINE_RUN_ID,
+    TAG_STEP,
+    TAG_VARIANT,
+    UNKNOWN,
 )
-from components.tracking import git_sha as code_git_sha
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -77,18 +91,6 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODELS_SCHEME = "models:/"
 
-# Lineage (DESIGN §4) and what else a version carries, as tags of the run and the version.
-TAG_GIT_SHA = "git_sha"
-TAG_DATA_VERSION = "data_version"
-TAG_PIPELINE_RUN_ID = "pipeline_run_id"
-TAG_EVAL_DATA_VERSION = "eval_data_version"
-TAG_CHECKPOINT = "checkpoint_uri"
-TAG_VARIANT = "variant"
-TAG_PARITY_PASSED = "parity_passed"  # "true" | "false": the export's fp32 parity verdict
-TAG_PARITY_TOLERANCE = "parity_tolerance"
-TAG_STEP = "step"
-TAG_EXPORT_FORMAT = "export_format"
-UNKNOWN = "unknown"
 PARITY_METRIC = "export/onnx/max_abs_diff"
 # Version tags with these prefixes are metrics (values written with repr: exact floats).
 METRIC_PREFIXES = ("eval/", "export/", "train/")
@@ -102,31 +104,6 @@ class RegistryError(ValueError):
 
     A ValueError, so the CLI reports it as a usage error (exit 2) like other bad input.
     """
-
-
-def mlflow_key(name: str) -> str:
-    """A metric / tag key MLflow accepts: `eval/retrieval/coco/i2t_r@1` -> `..._r_at_1`
-    (the tracking adapter's rule, so runs and registry versions use the same keys)."""
-    return sanitize_key(name)
-
-
-def tracking_uri_or_default(tracking_uri: str | None = None) -> str:
-    """The explicit URI, else `$MLFLOW_TRACKING_URI`, else the stack's, else SQLite."""
-    return resolve_tracking_uri(tracking_uri)
-
-
-def client_for(tracking_uri: str | None = None) -> MlflowClient:
-    """An MlflowClient whose tracking and registry stores are both `tracking_uri`."""
-    from mlflow import MlflowClient
-
-    uri = tracking_uri_or_default(tracking_uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """The id of experiment `name`, created when needed (artifacts beside an SQLite store
-    rather than in the working directory's ./mlruns; see components.tracking)."""
-    return get_or_create_experiment(client, name, tracking_uri)
 
 
 @contextlib.contextmanager
@@ -169,8 +146,8 @@ def fluent_uris(tracking_uri: str) -> Iterator[None]:
 class VersionInfo:
     """One registered model version as the gate and the CLI see it.
 
-    metrics: by MLflow key (see `mlflow_key`); eval_data_version / parity_passed /
-    max_abs_diff: None where the version does not say.
+    metrics: by MLflow key (see `components.tracking.sanitize_key`); eval_data_version /
+    parity_passed / max_abs_diff: None where the version does not say.
     """
 
     name: str
@@ -376,7 +353,7 @@ def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
         value = float(value)
         if not math.isfinite(value):
             raise RegistryError(f"metric {name!r} is {value}: only finite values are registered")
-        key = mlflow_key(name)
+        key = sanitize_key(name)
         if key in out:
             raise RegistryError(f"metrics {name!r} and another both map to the MLflow key {key!r}")
         out[key] = value
@@ -493,13 +470,13 @@ def register_export(
     max_abs_diff, parity_passed, tolerance = _parity(meta)
     # Finite parity numbers go in as metrics; a non-finite one only as the version tag.
     parity_metrics = {
-        mlflow_key(k): float(v)
+        sanitize_key(k): float(v)
         for k, v in (meta.get("metrics") or {}).items()
         if v is not None and math.isfinite(float(v))
     }
-    uri = tracking_uri_or_default(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
     client = client_for(uri)
-    exp_id = experiment_id(client, experiment, uri)
+    exp_id = get_or_create_experiment(client, experiment, uri)
     lineage = _defined(
         _lineage(
             meta,
@@ -516,11 +493,11 @@ def register_export(
         TAG_PARITY_TOLERANCE: repr(tolerance) if tolerance is not None else UNKNOWN,
         TAG_EXPORT_FORMAT: f"{meta.get('format')}/{meta.get('format_version')}",
     }
-    extra = {mlflow_key(k): str(v)[:MAX_TAG_VALUE] for k, v in (tags or {}).items()}
+    extra = {sanitize_key(k): str(v)[:MAX_TAG_VALUE] for k, v in (tags or {}).items()}
     run_tags = {**extra, **lineage, **described, TAG_STEP: "register", "registered_model": name}
     if lineage[TAG_PIPELINE_RUN_ID] != UNKNOWN:
         # A step of a pipeline run: a child of its parent run, as the tracking adapter
-        # lays runs out (DESIGN §4), so the registration shows beside train and eval.
+        # lays runs out, so the registration shows beside train and eval.
         parent = find_or_create_parent(client, exp_id, lineage[TAG_PIPELINE_RUN_ID])
         run_tags |= {PARENT_TAG: parent, TAG_KIND: "step"}
     image_size = min(meta.get("image_sizes") or [meta.get("patch_size", 14) * 2])

@@ -7,8 +7,8 @@ needs storage or tracking calls `configure()` once before its first boto3 / MLfl
 - a service of the stack answers its health check -> that service's variables are loaded
   from the env file into `os.environ` (S3: `AWS_*`, `MLFLOW_S3_ENDPOINT_URL`; MLflow:
   `MLFLOW_TRACKING_URI`);
-- otherwise the embedded defaults of DESIGN §5 apply: a local directory under
-  `$TIPSV2_HOME/storage` and `sqlite:///$TIPSV2_HOME/mlflow.db`.
+- otherwise the embedded defaults apply (docs/architecture.md, "Embedded defaults"): a
+  local directory under `$TIPSV2_HOME/storage` and `sqlite:///$TIPSV2_HOME/mlflow.db`.
 
 Variables already set in the environment win (the usual dotenv precedence), so a user or a
 Kubernetes Secret can point a step at other services; `TIPSV2_STACK=off` ignores the stack.
@@ -27,6 +27,15 @@ from pathlib import Path
 from typing import Literal
 
 DEFAULT_HOME = ".tipsv2"
+# No usage reporting from Ray, Great Expectations, DVC or MLflow: these machines (CI,
+# air-gapped clusters) have no way out, and a blocked report can stall a step. Every step,
+# service and Kubernetes pod gets them (docs/architecture.md, "Embedded defaults").
+TELEMETRY_OFF: Mapping[str, str] = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
 ENV_FILE = "stack.env"
 DATA_BUCKET = "tipsv2"
 ARTIFACT_BUCKET = "mlflow"
@@ -197,3 +206,14 @@ def configure(
         tracking_uri=env["MLFLOW_TRACKING_URI"],
         loaded=tuple(loaded),
     )
+
+
+def disable_telemetry(
+    environ: MutableMapping[str, str] | None = None, extra: Mapping[str, str] | None = None
+) -> MutableMapping[str, str]:
+    """Sets `TELEMETRY_OFF` (and `extra`) in `environ` (default `os.environ`) wherever the
+    variable is not set already, so a user's explicit choice still wins; returns it."""
+    env = os.environ if environ is None else environ
+    for key, value in {**TELEMETRY_OFF, **(extra or {})}.items():
+        env.setdefault(key, value)
+    return env

@@ -1,11 +1,11 @@
 """The local stack of real services: an S3 gateway and an MLflow tracking server.
 
 Shape. The logic lives here, in the steps layer, because the CLI (`pipelines/cli/stack.py`,
-a thin argparse wrapper) and the tests both import it, and DESIGN §3 lets pipelines import
-components but nothing import `infra/`. `infra/local/` keeps what a shell or CI needs
-without the Python API: `infra/local/stack.sh`, which runs `tipsv2 stack …` from the
-repository's virtualenv. Steps never import this module; they call
-`components.settings.configure()`, which reads the env file written here.
+a thin argparse wrapper) and the tests both import it, and the layers let pipelines import
+components but nothing import `infra/` (docs/architecture.md, "Layers"). `infra/local/`
+keeps what a shell or CI needs without the Python API: `infra/local/stack.sh`, which runs
+`tipsv2 stack …` from the repository's virtualenv. Steps never import this module; they
+call `components.settings.configure()`, which reads the env file written here.
 
 What `up` starts, both bound to 127.0.0.1 and owned by `$TIPSV2_HOME` (default `./.tipsv2`):
 
@@ -31,7 +31,7 @@ Files under `$TIPSV2_HOME/stack/` (the folder is mode 700):
 Credentials are generated once with `secrets`, kept in `stack.env`, and reach the children
 only through their environment (`MINIO_ROOT_*` for the gateway, `AWS_*` for MLflow): never
 on a command line, where `ps` would show them, and never printed. Child processes also get
-the no-telemetry variables of DESIGN §5.
+the no-telemetry variables (`settings.TELEMETRY_OFF`).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from typing import IO, Any
 from components.settings import (
     ARTIFACT_BUCKET,
     DATA_BUCKET,
+    TELEMETRY_OFF,
     env_file,
     is_healthy,
     mlflow_health_url,
@@ -72,13 +73,10 @@ REGION = "us-east-1"
 ARTIFACTS_DESTINATION = f"s3://{ARTIFACT_BUCKET}/artifacts"
 VOLUME_NAME = "tipsv2"
 
-# The no-telemetry switches of DESIGN §5 (these machines have no way out), plus the S3
-# checksum mode the MinIO-dialect gateway needs for streaming uploads.
+# The no-telemetry switches (these machines have no way out), plus the S3 checksum mode
+# the MinIO-dialect gateway needs for streaming uploads.
 CHILD_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
+    **TELEMETRY_OFF,
     "DO_NOT_TRACK": "1",
     "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
     # MLflow 3's job runner (GenAI scorers) forks a dozen huey workers; the stack does not

@@ -1,4 +1,5 @@
-"""One small storage adapter for every path a step reads or writes (DESIGN §4, Storage URIs).
+"""One small storage adapter for every path a step reads or writes (docs/architecture.md,
+"Storage URIs").
 
 A location is a plain path, a `file://` URI or `s3://bucket/prefix`. The same calls work on
 all of them: `exists`, `read_bytes`, `write_bytes`, `upload_file`, `download_file`,

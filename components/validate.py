@@ -1,13 +1,13 @@
 """The data validation gate: Great Expectations suites on a dataset's manifest and card.
 
-This is the only module that imports `great_expectations` (DESIGN §3: GX stays behind one
-small adapter); it is imported lazily, inside `validate`, because it costs ~3 s and the CLI
-must stay quick. Everything else sees plain dataclasses: `ValidationConfig` (thresholds,
-from code or a JSON/YAML file) in, `ValidationResult` (checks, failures with example
-rows, where the report was written) out.
+This is the only module that imports `great_expectations` (GX stays behind one small
+adapter, as every service does: docs/architecture.md, "Layers"); it is imported lazily,
+inside `validate`, because it costs ~3 s and the CLI must stay quick. Everything else sees
+plain dataclasses: `ValidationConfig` (thresholds, from code or a JSON/YAML file) in,
+`ValidationResult` (checks, failures with example rows, where the report was written) out.
 
-A dataset (DESIGN §4) is judged on three in-memory pandas batches, each with its own
-ExpectationSuite and ValidationDefinition in an ephemeral GX context:
+A dataset (docs/architecture.md, "Sample schema") is judged on three in-memory pandas
+batches, each with its own ExpectationSuite and ValidationDefinition in an ephemeral GX context:
 
 - **manifest**, one row per sample: row count (vs. the card), keys present and unique,
   splits known, captions present and within length bounds, image sides and aspect ratio
@@ -42,8 +42,10 @@ import pyarrow.parquet as pq
 
 from components import storage
 from components.datasets import metadata_dir
+from components.settings import disable_telemetry
 from tipsv2_core.data.card import CAPTION_FIELDS
 from tipsv2_core.data.layout import REJECTED_FILE, read_card, read_manifest
+from tipsv2_core.schema import build, parse_mapping
 
 __all__ = [
     "CheckResult",
@@ -135,18 +137,23 @@ class ValidationConfig:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ValidationConfig:
-        """A config from a mapping (a parsed file); unknown keys and bad types are errors."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(doc) - known)
-        if unknown:
-            raise ValueError(f"unknown validation settings {unknown}; known: {sorted(known)}")
-        kwargs: dict[str, Any] = {}
-        for name, value in doc.items():
-            try:
-                kwargs[name] = _coerce(name, value, doc)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"validation setting {name!r}: {e}") from None
-        return cls(**kwargs)
+        """A config from a mapping (a parsed file); unknown keys and bad types are errors
+        naming the key (tipsv2_core/schema.py). Two shorthands: `caption_max_chars: N`
+        bounds every caption field, and `class_coverage: auto` is None."""
+        doc = dict(doc)
+        bounds = doc.get("caption_max_chars")
+        if isinstance(bounds, int) and not isinstance(bounds, bool):
+            doc["caption_max_chars"] = dict.fromkeys(
+                doc.get("caption_fields", CAPTION_FIELDS), bounds
+            )
+        elif isinstance(bounds, Mapping):  # the fields it leaves out keep their defaults
+            doc["caption_max_chars"] = {**DEFAULT_CAPTION_MAX_CHARS, **bounds}
+        coverage = doc.get("class_coverage")
+        if coverage == "auto":
+            doc["class_coverage"] = None
+        elif coverage is not None and not isinstance(coverage, bool):
+            raise ValueError(f"class_coverage: expected true, false or auto, got {coverage!r}")
+        return build(cls, doc, what="validation settings", error=ValueError)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping that `from_dict` reads back."""
@@ -159,51 +166,6 @@ class ValidationConfig:
         return doc
 
 
-_INTS = ("min_samples", "caption_min_chars", "min_image_side", "max_image_side")
-_INTS += ("min_class_samples", "examples")
-_FLOATS = ("max_aspect_ratio", "split_tolerance", "split_sigmas", "max_reject_rate")
-_FLOATS += ("max_duplicate_rate", "max_duplicate_image_rate")
-
-
-def _number(value: Any, kind: type) -> Any:
-    # bool is an int in Python; `true` for a threshold is a typo, not 1.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {value!r}")
-    if kind is int and value != int(value):
-        raise TypeError(f"expected an integer, got {value!r}")
-    return kind(value)
-
-
-def _coerce(name: str, value: Any, doc: Mapping[str, Any]) -> Any:
-    if name in _INTS:
-        return _number(value, int)
-    if name in _FLOATS:
-        return _number(value, float)
-    if name in ("caption_fields", "duplicate_reasons"):
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise TypeError(f"expected a list of strings, got {value!r}")
-        return tuple(str(v) for v in value)
-    if name == "caption_max_chars":
-        if isinstance(value, Mapping):
-            defaults = dict(DEFAULT_CAPTION_MAX_CHARS)
-            return {**defaults, **{str(k): _number(v, int) for k, v in value.items()}}
-        fields = doc.get("caption_fields", CAPTION_FIELDS)  # one bound for every field
-        return dict.fromkeys(fields, _number(value, int))
-    if name == "expected_splits":
-        if value is None:
-            return None
-        if not isinstance(value, Mapping):
-            raise TypeError(f"expected a mapping split -> ratio, got {value!r}")
-        return {str(k): _number(v, float) for k, v in value.items()}
-    if name == "class_coverage":
-        if value is None or value == "auto":
-            return None
-        if not isinstance(value, bool):
-            raise TypeError(f"expected true, false or auto, got {value!r}")
-        return value
-    raise AssertionError(name)
-
-
 def load_config(path: str | os.PathLike[str], section: str | None = None) -> ValidationConfig:
     """Thresholds from a JSON or YAML file, optionally from one top-level `section` of it
     (so `params.yaml` of the DVC pipeline can hold them under `validate:`)."""
@@ -212,20 +174,7 @@ def load_config(path: str | os.PathLike[str], section: str | None = None) -> Val
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"{p}: no such validation config") from None
-    import yaml
-
-    try:
-        doc = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"{p}: unreadable config ({e})") from None
-    if section is not None:
-        if not isinstance(doc, Mapping) or section not in doc:
-            raise ValueError(f"{p}: no section {section!r}")
-        doc = doc[section]
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, Mapping):
-        raise ValueError(f"{p}: expected a mapping of settings")
+    doc = parse_mapping(text, str(p), section=section, error=ValueError)
     return ValidationConfig.from_dict(doc)
 
 
@@ -642,8 +591,7 @@ def _build(root: Path, cfg: ValidationConfig) -> _Batches:
 
 def _run_suites(batches: _Batches, cfg: ValidationConfig) -> dict[str, dict[str, Any]]:
     """Runs each batch's suite in an ephemeral GX context; returns GX's result documents."""
-    # Set before the import: these machines have no way out (DESIGN §5).
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    disable_telemetry()  # before the import: these machines have no way out
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig

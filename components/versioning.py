@@ -1,12 +1,12 @@
 """Data versioning with DVC: version ids for lineage, the remote, and running DVC.
 
-The repository root holds the DVC pipeline (`dvc.yaml`, `params.yaml`; DESIGN §3 "repro")
+The repository root holds the DVC pipeline (`dvc.yaml`, `params.yaml`)
 whose stages call the `tipsv2` CLI. Two remotes are defined in the committed
 `.dvc/config`, with neither credentials nor machine paths:
 
 - `local` (the default): `../.tipsv2/dvc-remote`, resolved by DVC relative to `.dvc/`,
-  i.e. `$TIPSV2_HOME/dvc-remote` for the default `TIPSV2_HOME=./.tipsv2` (DESIGN §5: the
-  embedded default). `configure_remote` points it at another `TIPSV2_HOME` in
+  i.e. `$TIPSV2_HOME/dvc-remote` for the default `TIPSV2_HOME=./.tipsv2` (the embedded
+  default). `configure_remote` points it at another `TIPSV2_HOME` in
   `.dvc/config.local`, which git ignores.
 - `s3`: `s3://tipsv2/dvc`, the data bucket of the local stack (or any S3). The endpoint
   and credentials come from the environment at run time (`AWS_ENDPOINT_URL`,
@@ -14,15 +14,16 @@ whose stages call the `tipsv2` CLI. Two remotes are defined in the committed
   stack's env file; `configure_remote(kind="s3")` makes it the default and records the
   endpoint (not the credentials) in `.dvc/config.local`.
 
-`dataset_version(path)` is what later steps record as `data_version` (DESIGN §4,
-lineage): the DVC md5 of a tracked output, from `dvc.lock` (a pipeline stage's output)
+`dataset_version(path)` is what later steps record as `data_version` (docs/architecture.md,
+"Lineage"): the DVC md5 of a tracked output, from `dvc.lock` (a pipeline stage's output)
 or from `<path>.dvc` (`dvc add`). DVC itself runs as a subprocess of this interpreter
-(`python -m dvc`), with the no-telemetry switches of DESIGN §5, so it is the same DVC the
-lock pins and the CLI's `tipsv2` is on its PATH for `dvc repro`.
+(`python -m dvc`), with the no-telemetry switches (`settings.TELEMETRY_OFF`), so it is
+the same DVC the lock pins and the CLI's `tipsv2` is on its PATH for `dvc repro`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -31,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from components.settings import DATA_BUCKET, configure, tipsv2_home
+from components.settings import DATA_BUCKET, configure, disable_telemetry, tipsv2_home
+from tipsv2_core.uri import strip_file_scheme
 
 __all__ = [
     "LOCAL_REMOTE",
@@ -39,6 +41,7 @@ __all__ = [
     "Remote",
     "VersioningError",
     "configure_remote",
+    "data_version",
     "dataset_version",
     "dvc_environment",
     "find_root",
@@ -52,11 +55,8 @@ LOCAL_REMOTE = "local"
 S3_REMOTE = "s3"
 REMOTE_DIR = "dvc-remote"  # below $TIPSV2_HOME
 S3_REMOTE_URL = f"s3://{DATA_BUCKET}/dvc"
-DVC_ENV = {
-    "DVC_NO_ANALYTICS": "1",
-    # The MinIO-dialect gateway rejects the streaming checksums of newer AWS SDKs.
-    "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
-}
+# The MinIO-dialect gateway rejects the streaming checksums of newer AWS SDKs.
+S3_CHECKSUM_ENV = {"AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED"}
 
 
 class VersioningError(RuntimeError):
@@ -169,6 +169,26 @@ def dataset_version(
     return str(md5)
 
 
+def data_version(path: str | os.PathLike[str], *, missing_ok: bool = False) -> str:
+    """What checkpoints and MLflow record as `data_version` (docs/architecture.md,
+    "Lineage"): the dataset's DVC md5 when DVC tracks it, else the sha256 of its manifest.
+
+    A pipeline's dataset lives in the pipeline root, which DVC does not track, so there it
+    is the manifest's content hash: equal manifests, equal version, whichever run produced
+    them. When `path` holds no manifest.parquet (not a dataset): ValueError, or "" with
+    `missing_ok` (for callers whose loader reports that with more detail).
+    """
+    try:
+        return dataset_version(strip_file_scheme(path))
+    except (VersioningError, OSError, ValueError):
+        manifest = Path(strip_file_scheme(path)) / "manifest.parquet"
+        if not manifest.is_file():
+            if missing_ok:
+                return ""
+            raise ValueError(f"{path}: no manifest.parquet; not a dataset") from None
+        return "manifest-sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+
+
 def dvc_environment(
     home: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -178,8 +198,7 @@ def dvc_environment(
     `dvc repro` finds this `tipsv2`)."""
     env = dict(os.environ if environ is None else environ)
     configure(Path(home) if home else None, environ=env)
-    for key, value in DVC_ENV.items():
-        env.setdefault(key, value)
+    disable_telemetry(env, S3_CHECKSUM_ENV)
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     return env

@@ -1,1 +1,2 @@
-"""Orchestration: the `tipsv2` CLI (and, later, the Kubeflow DAG and its local runner)."""
+"""Orchestration: the Kubeflow DAG (`dag.py`; compiled, submitted, or run locally on
+kfp.local) and the `tipsv2` CLI (`cli/`)."""

@@ -10,7 +10,8 @@
     exit handler: finish-run (ends the MLflow parent run with the final state)
 
 Every component is a thin function that imports one function of `components.steps` and
-calls it with the paths KFP hands it; all the logic lives in `components/` (DESIGN §3).
+calls it with the paths KFP hands it; all the logic lives in `components/` (docs/architecture.md,
+"Data flow of one pipeline run").
 The same DAG runs on a Kubeflow cluster (`tipsv2 pipeline submit`) and locally on
 `kfp.local.SubprocessRunner` (`tipsv2 run`).
 
@@ -44,6 +45,8 @@ from typing import Any, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
+from components.settings import TELEMETRY_OFF
+
 PIPELINE_NAME = "tipsv2"
 DEFAULT_IMAGE = "tipsv2:latest"  # infra/docker; pin a release by digest for production
 # The ReadWriteMany volume of infra/k8s (base/shared-storage.yaml) that the RayCluster's
@@ -52,7 +55,7 @@ SHARED_PVC = "tipsv2-shared"
 SHARED_MOUNT = "/mnt/tipsv2"
 
 # Kubernetes objects of infra/k8s: the S3 credentials, optional MLflow credentials and the
-# shared non-secret settings. Credentials only ever come from Secrets (DESIGN §4).
+# shared non-secret settings. Credentials only ever come from Secrets.
 S3_SECRET = "tipsv2-s3"
 S3_SECRET_KEYS = {
     "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
@@ -73,10 +76,7 @@ ENV_CONFIG_KEYS = (
     "MLFLOW_TRACKING_URI",
     "TIPSV2_STACK",
     "RAY_AUTH_MODE",
-    "RAY_USAGE_STATS_ENABLED",
-    "GX_ANALYTICS_ENABLED",
-    "DVC_NO_ANALYTICS",
-    "MLFLOW_DISABLE_TELEMETRY",
+    *TELEMETRY_OFF,
 )
 
 # Retries with exponential backoff for steps that talk to object storage or MLflow: a
@@ -99,12 +99,16 @@ CACHED_STEPS = ("prepare-data", "build-tokenizer", "pretrain", "distill")
 # body is what runs in the container)
 
 
-def preflight(recipe: str, student_variants: list[str], promotion: dict) -> list[str]:
-    """Checks the recipe, the student variant names and the promotion rules; returns the
-    students to distil."""
-    from components.steps import check_promotion_rules, plan_students
+def preflight(
+    recipe: str, student_variants: list[str], promotion: dict, validation: dict
+) -> list[str]:
+    """Checks the recipe, the student variant names, and the `promotion` and `validation`
+    parameters against their schemas (an error names the bad key); returns the students
+    to distil."""
+    from components.steps import check_promotion_rules, check_validation_config, plan_students
 
     check_promotion_rules(promotion)
+    check_validation_config(validation)
     return plan_students(recipe, student_variants)
 
 
@@ -184,30 +188,15 @@ def pretrain(
     model: Output[Model],
 ):
     """TIPSv2 pretraining on Ray Train; the model artifact is the run directory."""
-    import os
+    from components.steps import train_step
 
-    from components.steps import train_model
-
-    doc = train_model(
-        "pretrain",
-        model.path,
-        dataset.path,
-        os.path.join(tokenizer.path, "tokenizer.model"),
-        recipe=recipe,
-        version=data_version,
-        steps=steps,
-        batch_size=batch_size,
-        overrides=overrides,
-        workers=workers,
-        cpu_limit=cpus,
-        gpus=gpus,
-        experiment=experiment,
-        ray_address=ray_address,
-        shared_dir=shared_dir,
-    )
-    resources = {"cpu": cpus, "memory": memory, "gpus": gpus, "accelerator": accelerator,
-                 "node_selector": node_selector, "tolerations": tolerations}  # fmt: skip
-    model.metadata.update({**doc, "resources": resources})
+    kwargs = dict(locals())  # every parameter, as train_step takes them
+    for artifact in ("dataset", "tokenizer", "model", "data_version", "train_step"):
+        kwargs.pop(artifact)
+    model.metadata.update(
+        train_step("pretrain", model.path, dataset.path, tokenizer.path,
+                   version=data_version, **kwargs)
+    )  # fmt: skip
 
 
 def distill(
@@ -233,32 +222,16 @@ def distill(
 ):
     """Distils the frozen teacher into a randomly initialised `student_variant`; the data
     version is the teacher's (the same dataset)."""
-    import os
+    from components.steps import train_step
 
-    from components.steps import train_model
-
-    doc = train_model(
-        "distill",
-        model.path,
-        dataset.path,
-        os.path.join(tokenizer.path, "tokenizer.model"),
-        recipe=recipe,
-        version=str(teacher.metadata.get("data_version", "")),
-        steps=steps,
-        batch_size=batch_size,
-        overrides=overrides,
-        teacher=os.path.join(teacher.path, "final"),
-        student_variant=student_variant,
-        workers=workers,
-        cpu_limit=cpus,
-        gpus=gpus,
-        experiment=experiment,
-        ray_address=ray_address,
-        shared_dir=shared_dir,
-    )
-    resources = {"cpu": cpus, "memory": memory, "gpus": gpus, "accelerator": accelerator,
-                 "node_selector": node_selector, "tolerations": tolerations}  # fmt: skip
-    model.metadata.update({**doc, "resources": resources})
+    kwargs = dict(locals())  # every parameter, as train_step takes them
+    for artifact in ("dataset", "tokenizer", "teacher", "model", "train_step"):
+        kwargs.pop(artifact)
+    version = str(teacher.metadata.get("data_version", ""))
+    model.metadata.update(
+        train_step("distill", model.path, dataset.path, tokenizer.path,
+                   teacher_dir=teacher.path, version=version, **kwargs)
+    )  # fmt: skip
 
 
 def evaluate(
@@ -520,7 +493,10 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
         with dsl.ExitHandler(exit_task, name="tipsv2-run"):
             plan = _step(
                 ops["preflight"](
-                    recipe=recipe, student_variants=student_variants, promotion=promotion
+                    recipe=recipe,
+                    student_variants=student_variants,
+                    promotion=promotion,
+                    validation=validation,
                 ),
                 image,
             )

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from components import stack
-from components.settings import ARTIFACT_BUCKET, DATA_BUCKET
+from components.settings import ARTIFACT_BUCKET, DATA_BUCKET, TELEMETRY_OFF
 
 pytestmark = pytest.mark.unit
 
@@ -39,12 +39,6 @@ OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomizatio
 KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
 PLATFORM_IMAGES = {"tipsv2", "tipsv2-cuda", "tipsv2-mlflow"}  # logical names in base/
 PLACEHOLDER = "CHANGE_ME"
-TELEMETRY_OFF = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
 # Kinds without a namespace (kustomize leaves them alone).
 CLUSTER_SCOPED = {
     "Namespace",

@@ -463,8 +463,21 @@ def test_promotion_rules_are_checked_before_any_work():
         check_promotion_rules({"secondary": {"eval/retrieval/x/i2t_r@1": -1}})
 
 
+def test_validation_settings_are_checked_before_any_work():
+    """The `validation` pipeline parameter is checked by preflight against
+    ValidationConfig's schema: an error names the bad key and the expected type."""
+    from components.steps import check_validation_config
+
+    check_validation_config({})
+    check_validation_config({"min_samples": 10, "class_coverage": "auto"})
+    with pytest.raises(ValueError, match=r"unknown validation settings \['min_sample'\]"):
+        check_validation_config({"min_sample": 10})
+    with pytest.raises(ValueError, match="max_reject_rate: expected float, got 'high'"):
+        check_validation_config({"max_reject_rate": "high"})
+
+
 def test_cpu_quantities():
-    from components.steps import _cpus
+    from components.steps.train import _cpus
 
     assert _cpus("2") == 2.0 and _cpus("500m") == 0.5
     with pytest.raises(ValueError):

@@ -49,16 +49,15 @@ from components.registry import (
     RegistryError,
     VersionInfo,
     alias_version,
-    client_for,
     fluent_uris,
     load_metrics_file,
-    mlflow_key,
     parse_model_uri,
     register_export,
     resolve_model_uri,
     version_info,
 )
 from components.settings import read_env_file
+from components.tracking import client_for, sanitize_key
 from pipelines.cli import main as cli_main
 from tipsv2_core.export import export_checkpoint
 from tipsv2_core.inference import embed_images, load_image
@@ -204,7 +203,7 @@ def info(version: str, metrics: dict[str, float], **kw) -> VersionInfo:
         name="m",
         version=version,
         aliases=(),
-        metrics={mlflow_key(k): v for k, v in metrics.items()} | {PARITY_METRIC: 3e-6},
+        metrics={sanitize_key(k): v for k, v in metrics.items()} | {PARITY_METRIC: 3e-6},
         tags={},
         eval_data_version="ev1",
         parity_passed=True,
@@ -324,7 +323,7 @@ def test_register_logs_onnx_model_export_metrics_and_lineage(server, exported):
     assert alias_version(client, name, CHAMPION) is None  # registering never promotes
 
     v = version_info(client, name, "1")
-    assert v.metrics[mlflow_key(MIOU)] == 0.3 and v.metrics[R1_KEY] == 0.5
+    assert v.metrics[sanitize_key(MIOU)] == 0.3 and v.metrics[R1_KEY] == 0.5
     assert v.parity_passed is True and 0 < v.max_abs_diff <= TOL
     assert v.eval_data_version == "md5:eval-v1"
     # Lineage: what the checkpoint recorded, found through the export.
@@ -337,7 +336,7 @@ def test_register_logs_onnx_model_export_metrics_and_lineage(server, exported):
     run = client.get_run(result.run_id)
     for key in ("git_sha", "data_version", "pipeline_run_id", "eval_data_version"):
         assert run.data.tags[key] == v.tags[key]
-    assert run.data.metrics[mlflow_key(MIOU)] == 0.3
+    assert run.data.metrics[sanitize_key(MIOU)] == 0.3
     # A step of pipeline run pipe-42: a child of that pipeline's parent run.
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["pipeline_run_id"] == "pipe-42"

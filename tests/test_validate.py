@@ -344,8 +344,8 @@ def test_config_from_json_and_yaml_sections(tmp_path):
     [
         ({"max_reject_rat": 0.1}, "unknown validation settings \\['max_reject_rat'\\]"),
         ({"max_reject_rate": 1.5}, "max_reject_rate must be in \\[0, 1\\]"),
-        ({"max_reject_rate": True}, "expected a number"),
-        ({"min_samples": 2.5}, "expected an integer"),
+        ({"max_reject_rate": True}, "max_reject_rate: expected float, got True"),
+        ({"min_samples": 2.5}, "min_samples: expected int, got 2.5"),
         ({"expected_splits": {"train": 0.5}}, "sum to 1"),
         ({"min_image_side": 100, "max_image_side": 50}, "min_image_side <= max_image_side"),
         ({"class_coverage": "yes"}, "true, false or auto"),

@@ -1,4 +1,5 @@
-"""Native checkpoints (DESIGN §4): a directory written atomically, COMPLETE marker last.
+"""Native checkpoints: a directory written atomically, COMPLETE marker last
+(docs/architecture.md, "Checkpoint").
 
     <dir>/model.safetensors   weights (TIPSModel state dict: vision.*, text.*, temperature)
     <dir>/state.safetensors   optional training state (optimizer, EMA heads, loss centres)

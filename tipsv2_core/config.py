@@ -2,17 +2,38 @@
 
 A run is described by one `TrainConfig` tree. Recipes (tipsv2_core/recipes.py) are
 functions that return one; the CLI applies `--set key=value` overrides on top, each
-checked against the field's type, and the resolved tree is written next to every
-checkpoint. Values not reported by the paper are marked [INF] (our choice).
+checked against the field's type (tipsv2_core/schema.py, as every config of the project),
+and the resolved tree is written next to every checkpoint. Values not reported by the
+paper are marked [INF] (our choice).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from tipsv2_core.schema import ConfigError, build, set_path
+
+__all__ = [
+    "ConfigError",
+    "DataCfg",
+    "DistillCfg",
+    "EMACfg",
+    "HeadCfg",
+    "LossCfg",
+    "ModelCfg",
+    "OptimCfg",
+    "RunCfg",
+    "StageCfg",
+    "TrainConfig",
+    "apply_overrides",
+    "from_dict",
+    "set_value",
+    "to_dict",
+    "validate",
+]
 
 
 @dataclass
@@ -157,80 +178,14 @@ class TrainConfig:
         return len(self.stages) - 1, self.stages[-1]
 
 
-class ConfigError(ValueError):
-    """A bad override or an invalid configuration; the message names the key."""
-
-
 def to_dict(cfg: Any) -> Any:
+    """The config as plain JSON-ready data (what `from_dict` reads back)."""
     return dataclasses.asdict(cfg)
-
-
-def _convert(key: str, raw: Any, typ: Any) -> Any:
-    """Parses `raw` (a string from the command line, or a JSON value) into type `typ`."""
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(typ)
-        is_none = raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", ""))
-        if is_none and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(key, raw, inner[0])
-    if origin is tuple:
-        parts = raw.split(",") if isinstance(raw, str) else list(raw)
-        args = typing.get_args(typ)
-        if len(parts) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} comma-separated values, got {raw!r}")
-        return tuple(_convert(key, p, a) for p, a in zip(parts, args, strict=True))
-    try:
-        if typ is bool:
-            if isinstance(raw, bool):
-                return raw
-            if str(raw).lower() in ("true", "1", "yes", "on"):
-                return True
-            if str(raw).lower() in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if typ is int:
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError
-            return int(raw)
-        if typ is float:
-            if isinstance(raw, bool):
-                raise ValueError
-            return float(raw)
-        if typ is str:
-            return str(raw)
-    except (TypeError, ValueError):
-        pass
-    else:
-        raise ConfigError(f"{key}: unsupported field type {typ}")
-    raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {raw!r}")
 
 
 def set_value(cfg: TrainConfig, dotted: str, raw: Any) -> None:
     """Sets `a.b.c` (list items by index: `stages.0.steps`) after checking name and type."""
-    parts = dotted.split(".")
-    obj: Any = cfg
-    for i, name in enumerate(parts):
-        here = ".".join(parts[: i + 1])
-        last = i == len(parts) - 1
-        if isinstance(obj, list):
-            if not name.isdigit() or int(name) >= len(obj):
-                raise ConfigError(f"unknown key {here!r}: index must be 0..{len(obj) - 1}")
-            if last:
-                raise ConfigError(f"{here!r} is a whole section; set one of its fields")
-            obj = obj[int(name)]
-            continue
-        fields = {f.name: f for f in dataclasses.fields(obj)}
-        if name not in fields:
-            raise ConfigError(f"unknown key {here!r}; valid keys here: {', '.join(fields)}")
-        hints = typing.get_type_hints(type(obj))
-        if last:
-            if dataclasses.is_dataclass(hints[name]) or typing.get_origin(hints[name]) is list:
-                raise ConfigError(f"{here!r} is a whole section; set one of its fields")
-            setattr(obj, name, _convert(here, raw, hints[name]))
-        else:
-            obj = getattr(obj, name)
+    set_path(cfg, dotted, raw)
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
@@ -243,28 +198,9 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     return cfg
 
 
-def from_dict(doc: dict[str, Any]) -> TrainConfig:
+def from_dict(doc: Mapping[str, Any]) -> TrainConfig:
     """Rebuilds a config written by `to_dict` (e.g. from a checkpoint's meta.json)."""
-    cfg = TrainConfig()
-    stages = doc.get("stages")
-    if stages is not None:
-        cfg.stages = [StageCfg() for _ in stages]
-    flat: list[tuple[str, Any]] = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        elif isinstance(value, list) and prefix == "stages":
-            for i, v in enumerate(value):
-                walk(f"stages.{i}", v)
-        else:
-            flat.append((prefix, value))
-
-    walk("", doc)
-    for key, value in flat:
-        set_value(cfg, key, value)
-    return cfg
+    return build(TrainConfig, doc)
 
 
 def _check(cond: bool, msg: str) -> None:

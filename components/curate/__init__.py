@@ -1,4 +1,5 @@
-"""The curation step: image-text sources in, a dataset of DESIGN §4 out (Ray Data).
+"""The curation step: image-text sources in, a dataset out (Ray Data; the format:
+docs/architecture.md, "Sample schema").
 
     from components.curate import curate
     result = curate(["s3://raw/laion-part", "data/coco/captions.json"], "s3://tipsv2/ds/v1",

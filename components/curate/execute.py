@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from components import storage
+from components.settings import disable_telemetry
 from tipsv2_core.data.curation.captioners import load_captioner
 from tipsv2_core.data.curation.config import CurateConfig
 from tipsv2_core.data.curation.process import process_record
@@ -31,8 +31,8 @@ from tipsv2_core.data.curation.records import Accepted, Rejected
 from tipsv2_core.data.curation.tasks import Reader, Task, read_task, tasks_from_table, tasks_table
 
 Result = Accepted | Rejected
-# Closed networks (DESIGN §5): no usage reporting, no token prompt for a local cluster.
-RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+# No token prompt for a local cluster (and no usage reporting: settings.TELEMETRY_OFF).
+RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled"}
 ROWS_PER_OUTPUT_BLOCK = 32  # results per Arrow block sent back (bounds block size)
 
 RESULT_SCHEMA = pa.schema(
@@ -140,8 +140,7 @@ def ray_session(workers: int, address: str | None = None) -> Iterator[None]:
     `num_cpus=workers` (shut down again on exit; a running one is left alone)."""
     import ray
 
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    disable_telemetry(extra=RAY_ENV_DEFAULTS)
     if ray.is_initialized():
         yield
         return

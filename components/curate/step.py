@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -31,6 +30,7 @@ from tipsv2_core.atomic import COMPLETE_FILE
 from tipsv2_core.data.curation.config import CurateConfig, CurateConfigError
 from tipsv2_core.data.curation.summary import summary_text
 from tipsv2_core.data.curation.writer import CurationWriter
+from tipsv2_core.schema import parse_mapping
 
 ConfigLike = CurateConfig | Mapping[str, Any] | str | os.PathLike[str] | None
 
@@ -77,24 +77,7 @@ def load_config(config: ConfigLike) -> CurateConfig:
         text = storage.read_bytes(where).decode("utf-8")
     except (storage.StorageError, OSError, UnicodeDecodeError) as e:
         raise CurateConfigError(f"cannot read config {where}: {e}") from None
-    if where.lower().endswith((".yaml", ".yml")):
-        try:
-            import yaml
-        except ImportError:
-            raise CurateConfigError(f"{where}: YAML needs PyYAML; use a JSON config") from None
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise CurateConfigError(f"{where}: invalid YAML ({e})") from None
-    else:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CurateConfigError(f"{where}: invalid JSON ({e})") from None
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, Mapping):
-        raise CurateConfigError(f"{where}: the config must be a mapping of keys to values")
+    doc = parse_mapping(text, where, error=CurateConfigError)
     try:
         return CurateConfig.from_dict(doc)
     except CurateConfigError as e:

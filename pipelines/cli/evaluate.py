@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-REPORT_SAMPLES = 6
 TASKS = ("zeroshot_seg", "retrieval", "classification", "knn", "linear_seg")
 TRAIN_TASKS = {"knn", "linear_seg"}  # these fit on a training split
 # tipsv2_core.eval.readers.resolve.LAYOUTS, spelled out so `tipsv2 --help` imports nothing
@@ -103,8 +102,8 @@ def find_tokenizer(checkpoint: str, given: str | None) -> Path:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from components.evaluation import checkpoint_lineage, evaluate_and_report, run_history
     from tipsv2_core.eval.predictions import PredictionWriter
-    from tipsv2_core.eval.protocol import run_evaluation
     from tipsv2_core.eval.readers.resolve import open_eval_views, open_train_views
     from tipsv2_core.text import Tokenizer
 
@@ -120,7 +119,8 @@ def run_eval(args: argparse.Namespace) -> int:
         "image_root": args.image_root,
     }
     test = open_eval_views(args.dataset, args.layout, args.split, **kw)
-    datasets = {t: test.view_for(t, args.dataset) for t in tasks}
+    for t in tasks:
+        test.view_for(t, args.dataset)
     train = None
     if TRAIN_TASKS & set(tasks):
         train = open_train_views(
@@ -131,76 +131,32 @@ def run_eval(args: argparse.Namespace) -> int:
     model = load_eval_model(args.checkpoint, args.variant)
     needs_text = {"zeroshot_seg", "retrieval", "classification"} & set(tasks)
     tokenizer = Tokenizer(find_tokenizer(args.checkpoint, args.tokenizer)) if needs_text else None
-    common = {"device": args.device, "progress": not args.quiet}
-    metrics: dict[str, float] = {}
     writer = PredictionWriter(args.save_predictions, test.seg) if args.save_predictions else None
-    kept: dict[str, object] = {}  # the first few predictions, for the report
-
-    def on_prediction(key: str, pred) -> None:
-        if writer is not None:
-            writer(key, pred)
-        if len(kept) < REPORT_SAMPLES:
-            kept[key] = pred
-
-    for task in tasks:
-        opts: dict[str, object] = {"image_size": args.image_size}
-        if task == "zeroshot_seg":
-            opts = {"mode": args.mode, "eval_size": args.eval_size, "on_prediction": on_prediction}
-        if task in TRAIN_TASKS:
-            opts["train"] = train.view_for(task, args.train_dataset or args.dataset)
-        metrics |= run_evaluation(task, model, tokenizer, datasets[task], **opts, **common)
-    if args.report:
-        write_eval_report(args, model, test, metrics, kept)
+    lineage = checkpoint_lineage(args.checkpoint, model.variant.name)
+    lineage["dataset"] = f"{args.dataset} ({test.layout}, split {args.split or 'default'})"
+    lineage["config"] = lineage.pop("config")  # the long entry last, as before
+    metrics = evaluate_and_report(
+        model,
+        tokenizer,
+        test,
+        tasks,
+        where=args.dataset,
+        train_views=train,
+        train_where=args.train_dataset or args.dataset,
+        image_size=args.image_size,
+        eval_size=args.eval_size,
+        mode=args.mode,
+        device=args.device,
+        progress=not args.quiet,
+        on_prediction=writer,
+        report=args.report,
+        subject=f"Evaluation of {Path(args.checkpoint).name}",
+        lineage=lineage,
+        history=run_history(args.checkpoint) if args.report else (),
+    )
     doc = json.dumps(metrics, indent=2, sort_keys=True)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(doc + "\n")
     print(doc)
     return 0
-
-
-def _run_history(checkpoint: Path) -> list[dict]:
-    """metrics.jsonl of the run a checkpoint came from (run/final or run/checkpoints/step_N)."""
-    for run in (checkpoint.parent, checkpoint.parent.parent):
-        path = run / "metrics.jsonl"
-        if path.is_file():
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return []
-
-
-def write_eval_report(args, model, views, metrics: dict, kept: dict) -> None:
-    from tipsv2_core.checkpoint import read_meta
-    from tipsv2_core.eval.predictions import palette
-    from tipsv2_core.eval.report import ReportData, colour_labels, write_report
-    from tipsv2_core.eval.visualize import pca_features
-    from tipsv2_core.models.io import is_native
-
-    ckpt = Path(args.checkpoint)
-    meta = read_meta(ckpt) if is_native(ckpt) else {}
-    lineage = {
-        "checkpoint": str(ckpt),
-        "variant": model.variant.name,
-        "step": meta.get("step"),
-        "data_version": meta.get("data_version"),
-        "git_sha": meta.get("git_sha"),
-        "dataset": f"{args.dataset} ({views.layout}, split {args.split or 'default'})",
-        "config": meta.get("config"),
-    }
-    seg, rows = views.seg, []
-    colours = palette(len(seg.class_names)) if seg is not None else None
-    samples = {s.key: s for s in seg.samples} if seg is not None else {}
-    for key, pred in kept.items():
-        image = samples[key].load_image()
-        truth = colour_labels(samples[key].load_label(), colours)
-        rows.append((key, image, truth, colour_labels(pred.astype("int64"), colours)))
-    first = next(v for v in (views.seg, views.captions, views.classes) if v is not None)
-    pca = [(s.key, pca_features(model, s.load_image(), args.image_size)) for s in first.samples[:3]]
-    data = ReportData(
-        title=f"Evaluation of {ckpt.name} on {first.name}",
-        metrics=metrics,
-        lineage=lineage,
-        predictions=rows,
-        pca=pca,
-        history=_run_history(ckpt),
-    )
-    write_report(data, args.report)

@@ -24,19 +24,15 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from pipelines.cli.common import table as _plain_table
+from pipelines.cli.common import tracking_options
+
 EVAL_COLUMNS = 3  # eval metrics `models show` puts in its table: the most common ones
 MAX_CELL = 60
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, the local stack, "
-        "or sqlite:///$TIPSV2_HOME/mlflow.db)",
-    )
-    common.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    common = tracking_options()
 
     p = sub.add_parser(
         "models",
@@ -151,7 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from components.registry import client_for, list_models
+    from components.registry import list_models
+    from components.tracking import client_for
 
     models = list_models(client_for(args.tracking_uri))
     if args.json:
@@ -175,7 +172,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from components.promote import TAG_DECISION, history
-    from components.registry import client_for, list_versions
+    from components.registry import list_versions
+    from components.tracking import client_for
 
     client = client_for(args.tracking_uri)
     versions = list_versions(client, args.name)
@@ -348,11 +346,5 @@ def _time(ms: int | None) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by two spaces; long cells are cut with `…`."""
-    cells = [[str(c) for c in headers]] + [
-        [c if len(c) <= MAX_CELL else c[: MAX_CELL - 1] + "…" for c in map(str, r)] for r in rows
-    ]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
-    )
+    """The registry's tables: left-aligned columns, cells cut at MAX_CELL characters."""
+    return _plain_table(headers, rows, max_cell=MAX_CELL, numbers_right=False)

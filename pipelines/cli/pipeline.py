@@ -42,12 +42,6 @@ LOCAL_IMAGE = "local"  # SubprocessRunner ignores the image; lineage says "local
 # `tipsv2 run --containers`: where the image keeps its home (infra/docker/Dockerfile's
 # TIPSV2_HOME), which every step's container shares with this machine's home.
 CONTAINER_HOME = "/workspace/.tipsv2"
-TELEMETRY_OFF = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
 HEALTH_PATH = "/apis/v2beta1/healthz"
 # On a cluster, training goes to infra/k8s's RayCluster (its head Service, Jobs API port).
 CLUSTER_RAY_JOBS = "http://tipsv2-ray-head-svc:8265"
@@ -584,11 +578,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [
-        fmt.format(*r) for r in rows
-    ]
+    from pipelines.cli.common import table
+
+    return table(header, rows, max_cell=None, numbers_right=False, rule=True).splitlines()
 
 
 # ---------------------------------------------------------------------------------------
@@ -659,10 +651,9 @@ def _run_step_container(
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from components.settings import configure
+    from components.settings import configure, disable_telemetry
 
-    for key, value in TELEMETRY_OFF.items():
-        os.environ.setdefault(key, value)
+    disable_telemetry()
     if args.containers:
         # The image's steps never use a local stack (TIPSV2_STACK=off in the Dockerfile):
         # they track and store under the shared home, and so does this summary.

@@ -17,6 +17,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pipelines.cli.common import table, tracking_options
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
@@ -24,18 +26,10 @@ if TYPE_CHECKING:
 KEY_PARAMS = ("recipe", "model.variant", "optim.lr")
 EVAL_COLUMNS = 3  # eval metrics shown by `list`: the most common among the listed runs
 ID_CHARS = 12  # `list` prints id prefixes; `find_runs` resolves them
-MAX_CELL = 48
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the local stack, or "
-        "sqlite:///$TIPSV2_HOME/mlflow.db)",
-    )
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common = tracking_options()
 
     p = sub.add_parser(
         "runs",
@@ -336,49 +330,3 @@ def _section(title: str, rows: list[list[str]], headers: Sequence[str] | None = 
         return
     text = table(headers or ["", ""], rows, header=headers is not None)
     print("\n".join("  " + line for line in text.splitlines()))
-
-
-def _cell(value: Any, limit: int | None = MAX_CELL) -> str:
-    text = str(value).replace("\n", " ")
-    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
-
-
-def table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    header: bool = True,
-    max_cell: int | None = MAX_CELL,
-) -> str:
-    """A plain aligned table: numbers right-aligned, cells beyond `max_cell` shortened."""
-    cells = [[_cell(c, max_cell) for c in row] for row in rows]
-    heads = [_cell(h, max_cell) for h in headers]
-    ncol = max([len(heads), *(len(r) for r in cells)])
-    for r in cells:
-        r.extend([""] * (ncol - len(r)))
-    heads.extend([""] * (ncol - len(heads)))
-    width = [
-        max([len(heads[i]) if header else 0, *(len(r[i]) for r in cells)]) for i in range(ncol)
-    ]
-    numeric = [
-        all(_is_number(r[i]) for r in cells if r[i]) and any(r[i] for r in cells)
-        for i in range(ncol)
-    ]
-
-    def line(row: Sequence[str]) -> str:
-        parts = [c.rjust(width[i]) if numeric[i] else c.ljust(width[i]) for i, c in enumerate(row)]
-        return "  ".join(parts).rstrip()
-
-    out = [line(heads)] if header else []
-    out += [line(r) for r in cells]
-    return "\n".join(out)
-
-
-def _is_number(text: str) -> bool:
-    head = text.split(" (")[0]  # "0.45 (-0.05)" counts as a number
-    if head == "-":  # a missing value in a column of numbers
-        return True
-    try:
-        float(head)
-    except ValueError:
-        return False
-    return True

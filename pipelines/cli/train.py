@@ -12,6 +12,8 @@ import contextlib
 import json
 from pathlib import Path
 
+from pipelines.cli.common import add_tracking_uri
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
@@ -92,54 +94,38 @@ def _common(p: argparse.ArgumentParser, default_recipe: str) -> None:
     )
     track = p.add_argument_group("tracking (MLflow)")
     track.add_argument("--experiment", default="tipsv2", help="MLflow experiment (default tipsv2)")
-    track.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow server or sqlite:// URI (default: the local stack when it runs, "
-        "else sqlite under $TIPSV2_HOME)",
-    )
+    add_tracking_uri(track)
     track.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
 def build_config(args: argparse.Namespace):
     from tipsv2_core.config import apply_overrides, validate
     from tipsv2_core.recipes import get_recipe
+    from tipsv2_core.uri import strip_file_scheme
 
     cfg = get_recipe(args.recipe, distill=args.distill)
     if args.data:
-        cfg.data.path = args.data.removeprefix("file://")
+        cfg.data.path = strip_file_scheme(args.data)
     if args.tokenizer:
         cfg.data.tokenizer = args.tokenizer
     if args.distill:
         if args.teacher:
-            cfg.distill.teacher = args.teacher.removeprefix("file://")
+            cfg.distill.teacher = strip_file_scheme(args.teacher)
         if args.teacher_variant:
             cfg.distill.teacher_variant = args.teacher_variant
         if args.student_variant:
             cfg.model.variant = args.student_variant
     apply_overrides(cfg, args.set)
     if cfg.data.path and not cfg.run.data_version:
-        cfg.run.data_version = data_version_of(cfg.data.path)
+        from components.versioning import data_version
+
+        cfg.run.data_version = data_version(cfg.data.path, missing_ok=True)
     return validate(cfg)
 
 
-def data_version_of(path: str) -> str:
-    """The dataset's DVC md5 when DVC tracks it, else the sha256 of its manifest: what
-    checkpoints and MLflow record as `data_version` (lineage, DESIGN §4)."""
-    import hashlib
-
-    from components.versioning import VersioningError, dataset_version
-
-    try:
-        return dataset_version(path)
-    except (VersioningError, OSError, ValueError):
-        manifest = Path(path) / "manifest.parquet"
-        if not manifest.is_file():
-            return ""  # not a dataset directory: the loader will say so
-        return "manifest-sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
-
-
 def run_train(args: argparse.Namespace) -> int:
+    from tipsv2_core.uri import strip_file_scheme
+
     if args.list_recipes:
         from tipsv2_core.recipes import DISTILL_RECIPES, RECIPES
 
@@ -162,7 +148,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError("--data and --out are required (or use --dry-run)")
     if args.distill and not cfg.distill.teacher:
         raise ValueError("--teacher is required for distillation")
-    out = args.out.removeprefix("file://")
+    out = strip_file_scheme(args.out)
     if args.no_ray:
         from tipsv2_core.train.runs import distill, pretrain
 
@@ -176,15 +162,14 @@ def run_train(args: argparse.Namespace) -> int:
                 tracker.log_config(cfg, world_size=1)
                 hooks["on_log"] = tracker.as_callback()
             result = run(cfg, out, resume=not args.no_resume, progress=not args.quiet, **hooks)
+        from components.ray_train import last_losses
+
+        run_dir = Path(out).resolve()
         summary = {"steps": result.steps, "resumed_from": result.resumed_from}
-        history = result.history
+        print(json.dumps({"out": str(run_dir), "final": str(run_dir / "final"), **summary,
+                          **last_losses(result.history)}))  # fmt: skip
     else:
-        summary, history = _run_on_ray(args, cfg, out)
-    # The last training row (probe rows, when any, carry no losses).
-    last = next((r for r in reversed(history) if "train/loss" in r), {})
-    losses = {k.removeprefix("train/"): round(v, 4) for k, v in last.items() if k.endswith("loss")}
-    print(json.dumps({"out": str(Path(out).resolve()), "final": str(Path(out).resolve() / "final"),
-                      **summary, **losses}))  # fmt: skip
+        print(json.dumps(_run_on_ray(args, cfg, out)))
     return 0
 
 
@@ -205,10 +190,10 @@ def _tracking(args: argparse.Namespace) -> dict:
     }
 
 
-def _run_on_ray(args: argparse.Namespace, cfg, out: str) -> tuple[dict, list[dict]]:
+def _run_on_ray(args: argparse.Namespace, cfg, out: str) -> dict:
     import sys
 
-    from components.ray_train import RayTrainSpec, train_on_ray
+    from components.ray_train import RayTrainSpec, run_summary, train_on_ray
     from tipsv2_core.train.checkpointing import latest_checkpoint
 
     if args.no_resume and latest_checkpoint(Path(out)) is not None:
@@ -230,15 +215,4 @@ def _run_on_ray(args: argparse.Namespace, cfg, out: str) -> tuple[dict, list[dic
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     kind = "distill" if args.distill else "pretrain"
     result = train_on_ray(cfg, out, kind, spec, progress=not args.quiet, on_event=say)
-    metrics_file = result.out / "metrics.jsonl"
-    history = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
-    first = next((a for a in reversed(result.attempts) if a["rank"] == 0), {})
-    summary = {
-        "steps": result.steps,
-        "resumed_from": first.get("resume_step", 0),
-        "workers": args.workers,
-        "attempts": sum(1 for a in result.attempts if a["rank"] == 0),
-        "storage": result.storage,
-        "ray_startup_s": round(result.startup_s, 1),
-    }
-    return summary, history
+    return run_summary(result, args.workers)

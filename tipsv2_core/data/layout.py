@@ -1,4 +1,4 @@
-"""The on-disk contract of a dataset directory (DESIGN §4), and where datasets may live.
+"""The on-disk contract of a dataset directory, and where datasets may live.
 
     <dataset>/shards/<split>-NNNNNN.tar   WebDataset-style shards, one split per shard
     <dataset>/manifest.parquet            one row per sample (MANIFEST_SCHEMA)

@@ -2,7 +2,7 @@
 
 Every evaluator has a `name` and `run(model, tokenizer, dataset, **options) -> metrics`
 with plain float metrics (`miou`, `i2t_r@1`, …). `namespaced` turns them into the
-project's metric names, `eval/<task>/<dataset>/<metric>` (DESIGN §4).
+project's metric names, `eval/<task>/<dataset>/<metric>`.
 
 Options shared by all evaluators: `device` (the model is moved there; default: where it
 is), `progress` (tqdm bar), `num_workers` (image-loading threads), `batch_size`.

@@ -1,4 +1,4 @@
-"""ONNX export of TIPSv2 encoders, with a parity check against PyTorch (DESIGN §1, §4).
+"""ONNX export of TIPSv2 encoders, with a parity check against PyTorch.
 
 `export_model` / `export_checkpoint` write an export directory (graphs, export_meta.json,
 COMPLETE); `verify_export` re-checks one; `load_onnx_model` runs one with ONNX Runtime

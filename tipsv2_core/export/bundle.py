@@ -87,7 +87,7 @@ class ExportResult:
         return self.parity.max_abs_diff_per_output
 
     def metrics(self) -> dict[str, float]:
-        """Namespaced metrics (DESIGN §4), ready to log."""
+        """Namespaced metrics (docs/architecture.md, "Metric names"), ready to log."""
         out = {METRIC: self.max_abs_diff}
         out |= {f"{METRIC}/{k}": v for k, v in self.max_abs_diff_per_output.items()}
         for precision, report in self.precision_parity.items():
@@ -353,7 +353,7 @@ def verify_export(
     return enforce(report)
 
 
-# What an export records of a native checkpoint's meta.json (lineage, DESIGN §4).
+# What an export records of a native checkpoint's meta.json (its lineage).
 SOURCE_META_KEYS = ("step", "variant", "git_sha", "data_version", "created_at", "recipe")
 
 

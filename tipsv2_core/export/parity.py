@@ -18,7 +18,7 @@ import torch
 from tipsv2_core.export.inputs import InputCase
 
 TOLERANCE = 1e-4  # fp32 export vs fp32 PyTorch (the bar)
-METRIC = "export/onnx/max_abs_diff"  # DESIGN §4 metric name
+METRIC = "export/onnx/max_abs_diff"  # docs/architecture.md, "Metric names"
 
 
 def metric_name(precision: str) -> str:

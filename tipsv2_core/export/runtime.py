@@ -28,7 +28,7 @@ from tipsv2_core.atomic import COMPLETE_FILE
 from tipsv2_core.errors import CheckpointError
 from tipsv2_core.export.graphs import IMAGE_ENCODER, IMAGE_VALUES, TEXT_ENCODER
 from tipsv2_core.export.precision import PRECISIONS
-from tipsv2_core.models.tips import l2_normalize
+from tipsv2_core.models.tips import TwoTowers
 from tipsv2_core.models.variants import TextConfig, Variant, VisionConfig, get_variant
 from tipsv2_core.models.vision import VisionOutput
 
@@ -152,8 +152,9 @@ class OnnxTextEncoder(_OnnxModule):
         return torch.from_numpy(emb).to(ids.device)
 
 
-class OnnxTIPSModel(nn.Module):
-    """The exported towers as a TIPSModel: `vision`, `text`, `temperature`, `variant`."""
+class OnnxTIPSModel(TwoTowers, nn.Module):
+    """The exported towers as a TIPSModel: `vision`, `text`, `temperature`, `variant`;
+    `encode_image`, `encode_text` and `logits` are TIPSModel's own (`TwoTowers`)."""
 
     def __init__(
         self,
@@ -167,19 +168,6 @@ class OnnxTIPSModel(nn.Module):
         self.text = text
         self.variant = variant
         self.temperature = nn.Parameter(torch.tensor(float(temperature)), requires_grad=False)
-
-    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images [B, 3, H, W] -> L2-normalised (CLS1, CLS2), each [B, D]."""
-        out = self.vision(images)
-        return l2_normalize(out.cls1), l2_normalize(out.cls2)
-
-    def encode_text(self, ids: torch.Tensor, paddings: torch.Tensor) -> torch.Tensor:
-        """ids, paddings [B, L] -> L2-normalised text embeddings [B, D]."""
-        return l2_normalize(self.text(ids, paddings))
-
-    def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """Normalised [B, D] × [T, D] -> cosine / τ, [B, T]."""
-        return image_emb @ text_emb.T / self.temperature
 
 
 def export_root(path: str | os.PathLike) -> Path | None:

@@ -1,4 +1,4 @@
-"""TIPSv2 training losses, one per file (DESIGN §3)."""
+"""TIPSv2 training losses, one per file."""
 
 from tipsv2_core.losses.contrastive import clip_loss
 from tipsv2_core.losses.dino_cls import DINOLoss

@@ -1,6 +1,7 @@
 """Building blocks of the TIPS image encoder, named as in the official PyTorch port.
 
-Every parameter name here is part of the checkpoint contract (DESIGN §4): renaming one
+Every parameter name here is part of the checkpoint contract (docs/architecture.md,
+"Checkpoint"): renaming one
 breaks loading of the released `.npz` files.
 """
 

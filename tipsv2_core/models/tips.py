@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,30 @@ def l2_normalize(x: torch.Tensor, min_norm: float = EMBED_NORM_MIN) -> torch.Ten
     return x / x.norm(dim=-1, keepdim=True).clamp_min(min_norm)
 
 
-class TIPSModel(nn.Module):
+class TwoTowers:
+    """The contrastive interface over `vision`, `text` and `temperature`: the PyTorch
+    `TIPSModel` and the exported graphs (`tipsv2_core.export.runtime.OnnxTIPSModel`)
+    embed and score the same way."""
+
+    vision: Any
+    text: Any
+    temperature: torch.Tensor
+
+    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B, 3, H, W] in [0, 1] -> L2-normalised (CLS1, CLS2), each [B, D]."""
+        out = self.vision(images)
+        return l2_normalize(out.cls1), l2_normalize(out.cls2)
+
+    def encode_text(self, ids: torch.Tensor, paddings: torch.Tensor) -> torch.Tensor:
+        """ids, paddings [B, L] -> L2-normalised text embeddings [B, D]."""
+        return l2_normalize(self.text(ids, paddings))
+
+    def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Normalised [B, D] × [T, D] -> cosine / τ, [B, T]."""
+        return image_emb @ text_emb.T / self.temperature
+
+
+class TIPSModel(TwoTowers, nn.Module):
     """Vision tower + text tower + `temperature` (τ; logits = cos / τ).
 
     State-dict keys are `vision.<official vision key>`, `text.<official text key>` and
@@ -54,16 +78,3 @@ class TIPSModel(nn.Module):
         model.vision, model.text = vision, text
         model.temperature = nn.Parameter(torch.tensor(INIT_TEMPERATURE))
         return model
-
-    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images [B, 3, H, W] in [0, 1] -> L2-normalised (CLS1, CLS2), each [B, D]."""
-        out = self.vision(images)
-        return l2_normalize(out.cls1), l2_normalize(out.cls2)
-
-    def encode_text(self, ids: torch.Tensor, paddings: torch.Tensor) -> torch.Tensor:
-        """ids, paddings [B, L] -> L2-normalised text embeddings [B, D]."""
-        return l2_normalize(self.text(ids, paddings))
-
-    def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """Normalised [B, D] × [T, D] -> cosine / τ, [B, T]."""
-        return image_emb @ text_emb.T / self.temperature

@@ -1,7 +1,7 @@
 """Model variants: the official TIPS/TIPSv2 sizes plus small ones for CPU work.
 
 Vision and text towers of one variant share their width (there is no projection layer
-between the two towers and the contrastive loss, DESIGN §2). Names follow the official
+between the two towers and the contrastive loss). Names follow the official
 file names (`b14`, `l14`, `so400m14`, `g14`); the official inference scripts' letters
 (`S`, `B`, `L`, `So400m`, `g`) are accepted as aliases.
 """

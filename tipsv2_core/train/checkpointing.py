@@ -1,8 +1,8 @@
 """Training checkpoints: everything needed to continue a run exactly.
 
-`<out>/checkpoints/step_<N>/` is a native checkpoint (DESIGN §4) whose model.safetensors
-holds the student's two towers — `tipsv2 embed` loads it directly — and whose
-state.safetensors holds the rest: heads, EMA teacher, loss centres, optimiser moments
+`<out>/checkpoints/step_<N>/` is a native checkpoint (tipsv2_core/checkpoint.py) whose
+model.safetensors holds the student's two towers — `tipsv2 embed` loads it directly — and
+whose state.safetensors holds the rest: heads, EMA teacher, loss centres, optimiser moments
 and the torch RNG. The optimiser's non-tensor state and the resolved config are in
 meta.json. A directory without its COMPLETE marker is ignored when resuming.
 """

@@ -1,4 +1,4 @@
-"""Curation of image-text data into the dataset format of DESIGN §4: the pure rules.
+"""Curation of image-text data into the dataset format: the pure rules.
 
 Pillow/numpy/pyarrow only; where the work runs (Ray Data, one process) and where bytes
 come from (paths, S3) is decided by `components.curate`.

@@ -1,21 +1,22 @@
 """The typed configuration of a curation run: one frozen dataclass per rule family.
 
 A config comes from code (`CurateConfig()` is a sensible default) or from a mapping read
-out of a JSON/YAML file (`CurateConfig.from_dict`). Unknown keys, wrong types and values
-out of range are a `CurateConfigError` naming the dotted key, raised before any work starts.
+out of a JSON/YAML file (`CurateConfig.from_dict`, read by tipsv2_core/schema.py). Unknown
+keys, wrong types and values out of range are a `CurateConfigError` naming the dotted key,
+raised before any work starts.
 `to_dict` gives the resolved config, which is written into the dataset card.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from PIL import Image
+
+from tipsv2_core.schema import build
 
 CAPTION_FIELDS = ("alt_text", "caption_medium", "caption_long")
 
@@ -114,7 +115,7 @@ class CurateConfig:
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> CurateConfig:
         """A config from a (JSON/YAML) mapping; missing keys keep their defaults."""
-        return _build(cls, doc, "")
+        return build(cls, doc, error=CurateConfigError)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -126,64 +127,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _convert(key: str, raw: Any, typ: Any) -> Any:
-    """`raw` (a JSON value) as type `typ`, or CurateConfigError naming `key`."""
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(typ)
-        if raw is None and type(None) in args:
-            return None
-        return _convert(key, raw, next(a for a in args if a is not type(None)))
-    if origin is Literal:
-        if raw not in typing.get_args(typ):
-            raise CurateConfigError(f"{key}: expected one of {typing.get_args(typ)}, got {raw!r}")
-        return raw
-    if origin is tuple:
-        if not isinstance(raw, (list, tuple)):
-            raise CurateConfigError(f"{key}: expected a list, got {raw!r}")
-        args = typing.get_args(typ)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(key, v, args[0]) for v in raw)
-        if len(raw) != len(args):
-            raise CurateConfigError(f"{key}: expected {len(args)} values, got {raw!r}")
-        return tuple(_convert(key, v, a) for v, a in zip(raw, args, strict=True))
-    if origin is Mapping or typ is Mapping:
-        if not isinstance(raw, Mapping):
-            raise CurateConfigError(f"{key}: expected a mapping, got {raw!r}")
-        if key.endswith("splits"):
-            return {str(k): _convert(f"{key}.{k}", v, float) for k, v in raw.items()}
-        return dict(raw)
-    if dataclasses.is_dataclass(typ):
-        if not isinstance(raw, Mapping):
-            raise CurateConfigError(f"{key}: expected a mapping of {typ.__name__} fields")
-        return _build(typ, raw, key)
-    ok = (
-        (typ is bool and isinstance(raw, bool))
-        or (typ is int and isinstance(raw, int) and not isinstance(raw, bool))
-        or (typ is float and isinstance(raw, (int, float)) and not isinstance(raw, bool))
-        or (typ is str and isinstance(raw, str))
-    )
-    if not ok:
-        raise CurateConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {raw!r}")
-    return float(raw) if typ is float else raw
-
-
-def _build(cls: Any, doc: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(doc, Mapping):
-        raise CurateConfigError(f"{prefix or 'config'}: expected a mapping, got {doc!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in doc if k not in names]
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise CurateConfigError(
-            f"unknown config key(s) {[where + str(k) for k in unknown]}; valid here: "
-            f"{', '.join(names)}"
-        )
-    kwargs = {k: _convert(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in doc.items()}
-    return cls(**kwargs)
 
 
 def _require(cond: bool, msg: str) -> None:

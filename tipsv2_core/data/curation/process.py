@@ -4,7 +4,7 @@ Pure (PIL/numpy, no I/O), so the Ray workers, the single-process loop and the te
 exactly the same code. Steps: captions gathered (source text, then the `.txt` sidecar's
 first line, then `.json` sidecar fields, first one wins per field) and normalised; the
 image cleaned (images.py); missing caption fields filled by the captioner; hashes, split
-and the sample's json (DESIGN §4) made. Every failure is a `Rejected` with its reason;
+and the sample's json made. Every failure is a `Rejected` with its reason;
 nothing here raises for bad data.
 """
 

@@ -2,7 +2,7 @@
 
 A `RawRecord` is one candidate sample as a source gave it: image bytes, sidecar files,
 captions already known as text, labels, or the reason it could not even be read. Each
-becomes either an `Accepted` sample (the tar member bytes and metadata of DESIGN §4) or a
+becomes either an `Accepted` sample (the tar member bytes and metadata of a sample) or a
 `Rejected` one with a reason code from `REASONS`. Keys are derived from the source label and
 the record's place in it, so they are stable between runs and unique across sources.
 """

@@ -44,7 +44,8 @@ from tipsv2_core.data.shards import ShardWriter
 
 GENERATOR = "tipsv2_core.data.curation"
 GENERATOR_VERSION = 1  # bump when the same inputs and config would give other samples
-# DESIGN §4's reject columns, plus where the record was and what exactly was wrong.
+# The dataset's reject columns (REJECTED_SCHEMA), plus where the record was and what
+# exactly was wrong.
 REJECTS_SCHEMA = pa.schema(
     [*REJECTED_SCHEMA, pa.field("record", pa.string()), pa.field("detail", pa.string())]
 )

@@ -32,6 +32,7 @@ from tipsv2_core.eval.readers.layouts import (
     read_voc,
 )
 from tipsv2_core.eval.readers.shards import shard_eval_datasets
+from tipsv2_core.uri import strip_file_scheme
 
 LAYOUTS = ("shards", "voc", "ade20k", "generic", "coco", "imagefolder")
 # (evaluation split, training split) by layout; None: the layout has no split notion.
@@ -126,7 +127,7 @@ def open_eval_views(
     `background` apply to shards; `image_root` to COCO (default: the JSON's folder).
     `limit` keeps the first N samples of each view.
     """
-    path = Path(str(path).removeprefix("file://"))
+    path = Path(strip_file_scheme(path))
     if layout == "auto":
         layout = detect_layout(path)
     if layout not in LAYOUTS:
@@ -160,7 +161,7 @@ def open_train_views(
     layout rules), else the layout's training split of `path`."""
     if train_dataset is not None:
         return open_eval_views(train_dataset, "auto" if layout == "auto" else layout, **kw)
-    path = Path(str(path).removeprefix("file://"))
+    path = Path(strip_file_scheme(path))
     resolved = detect_layout(path) if layout == "auto" else layout
     train_split = split or DEFAULT_SPLITS[resolved][1]
     if train_split is None:

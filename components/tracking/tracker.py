@@ -1,464 +1,62 @@
-"""The tracking adapter: MLflow runs for pipeline steps, batched, outage-proof and secret-free.
-
-Run layout (DESIGN §4, Lineage). One **parent run per pipeline run** and one **child run per
-step** (MLflow nested runs, tag `mlflow.parentRunId`), all in one experiment (default
-`tipsv2`). Steps run in separate processes (CLI, DVC stages, KFP tasks), so the parent is
-found by its `pipeline_run_id` tag, or created by the first step that needs it. Every run
-carries the lineage tags `git_sha`, `data_version`, `pipeline_run_id` and, where known,
-`image`; a step's run also holds the resolved config (flattened params such as
-`model.variant`, `optim.lr`, and a `config.json` artifact), system info as `system.*` params
-and the checkpoint URI as the tag `checkpoint_uri` (never the checkpoint itself).
-
-Training on rank 0 (the loop in `tipsv2_core` must not import MLflow, so it gets a plain
-callable)::
-
-    from components.tracking import Tracker
-
-    with Tracker("train", config=cfg, checkpoint_uri=out) as tracker:
-        run_training(cfg, out, build_arch, mask_ratio=..., on_log=tracker.as_callback())
-        tracker.log_metrics({"eval/zeroshot_seg/ade150/miou": 0.21}, step=cfg.total_steps)
-
-A tracker built before the config is resolved (e.g. from a Ray job spec) takes it with
-`tracker.log_config(cfg, world_size=W)` right after entering. Step runs leave the parent
-running; the orchestrator's last act is `end_pipeline_run(pipeline_run_id)`.
-
-`as_callback()` accepts the rows `run_training` writes to `metrics.jsonl`:
-`{"step": 10, "train/loss": ..., "train/lr": ..., "train/images_per_s": ..., ...}`. The
-tracker adds `train/step_time_s` (wall time between two rows over the steps between them)
-when the row has none.
-
-Batching. Rows are buffered and sent with `MlflowClient.log_batch` (one HTTP request per
-call, at most 1000 values each) every `flush_every` rows or `flush_interval_s` seconds,
-and when the tracker closes. A background thread does the sending, so `log_step` costs a
-few microseconds and never waits on the network.
-
-Outages. A failed send never raises into training: the first failure of an outage is
-logged as one warning, values stay in a bounded buffer (the oldest are dropped first, and
-counted, once it is full), and later flushes retry with exponential backoff. An HTTP server
-is probed on `/health` (a 2 s loopback round trip) before MLflow's client is used, because
-that client retries a dead server for minutes. If the server is down when the step starts,
-the runs are created on the first flush after it comes back. Delivery is at least once: a
-batch whose answer was lost is sent again.
-
-Secrets. Every param, tag, metric name and artifact text goes through `Scrubber`: a value
-whose key names a credential (`SECRET`, `PASSWORD`, `TOKEN`, `ACCESS_KEY`, ... as a word of
-the key) becomes `***`, the values of the credential variables in the environment
-(`AWS_SECRET_ACCESS_KEY`, `AWS_ACCESS_KEY_ID`, ...) are replaced wherever they appear, and
-`user:password@` is cut out of URLs.
-
-MLflow is imported lazily (about 1.3 s), so importing this module is cheap.
-"""
+"""`Tracker`: a step's MLflow run, batched, outage-proof and secret-free (the package
+docstring of components.tracking describes the run layout and its guarantees)."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import json
 import logging
 import os
-import platform
 import re
-import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from components.settings import configure, is_healthy, mlflow_health_url
+from components.settings import is_healthy, mlflow_health_url
+from components.tracking.client import (
+    find_or_create_parent,
+    get_or_create_experiment,
+    is_http_uri,
+    is_permanent_error,
+    resolve_tracking_uri,
+)
+from components.tracking.lineage import config_tree, flatten_config, git_dirty, git_sha, system_info
+from components.tracking.scrub import MAX_KEY, Scrubber, sanitize_key
+from components.tracking.tags import (
+    DATA_VERSION_ENV,
+    DEFAULT_EXPERIMENT,
+    IMAGE_ENV,
+    MLFLOW_GIT_COMMIT_TAG,
+    PARENT_TAG,
+    PIPELINE_RUN_ID_ENV,
+    TAG_CHECKPOINT,
+    TAG_DATA_VERSION,
+    TAG_GIT_DIRTY,
+    TAG_GIT_SHA,
+    TAG_IMAGE,
+    TAG_KIND,
+    TAG_PIPELINE_RUN_ID,
+    TAG_STEP,
+    UNKNOWN,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
-
-DEFAULT_EXPERIMENT = "tipsv2"
-
-# Environment variables a pipeline (KFP task, DVC stage, container) sets for its steps.
-PIPELINE_RUN_ID_ENV = "TIPSV2_PIPELINE_RUN_ID"
-IMAGE_ENV = "TIPSV2_IMAGE"
-DATA_VERSION_ENV = "TIPSV2_DATA_VERSION"
-GIT_SHA_ENVS = ("TIPSV2_GIT_SHA", "GIT_SHA")  # images have no .git: the build sets one
-
-# Tags (DESIGN §4 names the lineage ones).
-TAG_PIPELINE_RUN_ID = "pipeline_run_id"
-TAG_GIT_SHA = "git_sha"
-TAG_GIT_DIRTY = "git_dirty"
-TAG_DATA_VERSION = "data_version"
-TAG_IMAGE = "image"
-TAG_STEP = "step"
-TAG_KIND = "tipsv2_kind"  # "pipeline" (a parent) | "step" (a child)
-TAG_CHECKPOINT = "checkpoint_uri"
-PARENT_TAG = "mlflow.parentRunId"
-MLFLOW_GIT_COMMIT_TAG = "mlflow.source.git.commit"  # so MLflow's UI shows the commit too
-LINEAGE_TAGS = (TAG_GIT_SHA, TAG_DATA_VERSION, TAG_PIPELINE_RUN_ID, TAG_IMAGE)
-UNKNOWN = "unknown"
 
 # MLflow's limits (mlflow.utils.validation): values per log_batch request, value lengths.
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
-MAX_KEY = 250
 CONFIG_FILE = "config.json"  # the resolved config, as an artifact of the step's run
-# How long the creator of a parent run waits for concurrent creators (find_or_create_parent).
-PARENT_SETTLE_S = 1.0
-
-REDACTED = "***"
-# A credential's *name*: one of these words as a component of the key (split at `_`, `.`,
-# `-`, `/` or the ends). Whole words, not substrings, because `data.tokenizer` (a model
-# path) and `text_max_tokens` are not secrets while `api_token` and `db_password` are.
-SECRET_NAME_RE = re.compile(
-    r"(?:^|[_.\-/])(?:SECRET|PASSWORD|PASSWD|PASS|TOKEN|ACCESS_KEY|API_KEY|PRIVATE_KEY|"
-    r"CREDENTIALS?|AUTH)(?:$|[_.\-/])",
-    re.IGNORECASE,
-)
-# Variables whose values are secrets whatever their length (DESIGN §4: S3 credentials come
-# from these and must never be logged); other variables with a credential's name count
-# from MIN_SECRET_LEN characters, so a `FOO_TOKEN=1` does not turn every "1" into ***.
-SECRET_ENV_VARS = (
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SESSION_TOKEN",
-    "MINIO_ROOT_USER",
-    "MINIO_ROOT_PASSWORD",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-)
-MIN_SECRET_LEN = 6
-_URL_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s]+@")
-# MLflow accepts alphanumerics, `_ - . / : ` and space in metric and param names; DESIGN's
-# `i2t_r@1` would be rejected (and a rejected batch is lost), so keys are made valid here.
-_INVALID_KEY_CHARS_RE = re.compile(r"[^/\w.\- :]")
 _PIPELINE_RUN_ID_RE = re.compile(r"^[\w.\-:/@+]{1,200}$")
-
-
-# ---------------------------------------------------------------------------------------
-# secrets
-
-
-@dataclass(frozen=True)
-class Scrubber:
-    """Removes credentials from keys, values and texts before anything reaches MLflow."""
-
-    secret_values: tuple[str, ...] = ()
-
-    @classmethod
-    def from_environ(
-        cls, environ: Mapping[str, str] | None = None, extra: Iterable[str] = ()
-    ) -> Scrubber:
-        """Collects the secret values of `environ` (default `os.environ`) plus `extra`."""
-        env = os.environ if environ is None else environ
-        values = {env[k] for k in SECRET_ENV_VARS if env.get(k)}
-        values |= {
-            v for k, v in env.items() if SECRET_NAME_RE.search(k) and len(v) >= MIN_SECRET_LEN
-        }
-        values |= {v for v in extra if v}
-        # Longest first, so that a secret containing another is replaced whole.
-        return cls(tuple(sorted(values, key=lambda v: (-len(v), v))))
-
-    @staticmethod
-    def is_secret_name(name: str) -> bool:
-        """True when `name` (an env variable, config key or tag key) names a credential."""
-        return bool(SECRET_NAME_RE.search(name))
-
-    def text(self, value: str) -> str:
-        """`value` with every known secret value and every URL's `user:pass@` replaced."""
-        for secret in self.secret_values:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return _URL_USERINFO_RE.sub(rf"\g<scheme>{REDACTED}@", value)
-
-    def pair(self, key: str, value: Any) -> tuple[str, str]:
-        """(key, value) as strings, safe to log: a credential's name hides its value."""
-        key = self.text(str(key))
-        if self.is_secret_name(key):
-            return key, REDACTED
-        return key, self.text(_as_text(value))
-
-    def mapping(self, values: Mapping[str, Any]) -> dict[str, str]:
-        """Every pair of `values` through `pair`."""
-        return dict(self.pair(k, v) for k, v in values.items())
-
-    def tree(self, obj: Any, name: str = "") -> Any:
-        """A JSON-like tree (a resolved config) with secrets removed, for artifacts."""
-        if name and self.is_secret_name(name):
-            return REDACTED
-        if isinstance(obj, Mapping):
-            return {self.text(str(k)): self.tree(v, str(k)) for k, v in obj.items()}
-        if isinstance(obj, list | tuple):
-            return [self.tree(v) for v in obj]
-        if isinstance(obj, str):
-            return self.text(obj)
-        return obj
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, list | tuple) and all(not isinstance(v, dict | list) for v in value):
-        # Same form as a `--set key=a,b` override, so a param can be pasted back.
-        return ",".join(_as_text(v) for v in value)
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True, default=str)
-    return str(value)
-
-
-def sanitize_key(key: str) -> str:
-    """A metric/param name MLflow accepts: `eval/retrieval/coco/i2t_r@1` -> `..._r_at_1`."""
-    key = key.replace("@", "_at_")
-    key = _INVALID_KEY_CHARS_RE.sub("_", key)
-    key = re.sub(r"/{2,}", "/", key).strip("/")  # MLflow rejects names that are not
-    key = "/".join(p for p in key.split("/") if p not in (".", ".."))  # normalised paths
-    return key[:MAX_KEY] or "_"
-
-
-# ---------------------------------------------------------------------------------------
-# config, lineage, system info
-
-
-def flatten_config(cfg: Any) -> dict[str, Any]:
-    """A (dataclass) config as `{"model.variant": "nano14", "stages.0.steps": 100, ...}`.
-
-    Lists of sections are indexed (`stages.0.steps`); lists of plain values stay one value.
-    """
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        cfg = dataclasses.asdict(cfg)
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(value, list | tuple) and any(isinstance(v, Mapping) for v in value):
-            for i, v in enumerate(value):
-                walk(f"{prefix}.{i}", v)
-        else:
-            flat[prefix] = value
-
-    walk("", cfg if isinstance(cfg, Mapping) else {"value": cfg})
-    return flat
-
-
-def _config_tree(cfg: Any) -> Any:
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return dataclasses.asdict(cfg)
-    return cfg
-
-
-def git_sha(environ: Mapping[str, str] | None = None) -> str:
-    """HEAD of the checkout this code runs from; else `$TIPSV2_GIT_SHA` / `$GIT_SHA`."""
-    env = os.environ if environ is None else environ
-    sha = _git("rev-parse", "HEAD")
-    if sha and re.fullmatch(r"[0-9a-f]{40}", sha):
-        return sha
-    for name in GIT_SHA_ENVS:
-        if env.get(name):
-            return env[name]
-    return UNKNOWN
-
-
-def git_dirty() -> str | None:
-    """ "true" when tracked files differ from HEAD, "false" when not, None without git."""
-    out = _git("status", "--porcelain", "--untracked-files=no")
-    return None if out is None else str(bool(out)).lower()
-
-
-def _git(*args: str) -> str | None:
-    # The code's own checkout, not the caller's working directory: a step run from
-    # elsewhere still records the commit of the code that ran.
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def system_info(world_size: int | None = None) -> dict[str, str]:
-    """Devices, world size, torch version and CPU count, as `system.*` params."""
-    info = {
-        "system.python": platform.python_version(),
-        "system.platform": platform.platform(terse=True),
-        "system.hostname": socket.gethostname(),
-        "system.cpu_count": str(os.cpu_count() or 0),
-        "system.world_size": str(
-            world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
-        ),
-    }
-    with contextlib.suppress(AttributeError, OSError):
-        info["system.cpus_usable"] = str(len(os.sched_getaffinity(0)))
-    try:
-        import torch
-    except ImportError:
-        info["system.torch"] = "not installed"
-        info["system.devices"] = "cpu"
-        return info
-    info["system.torch"] = torch.__version__
-    if torch.cuda.is_available():
-        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        info["system.devices"] = ", ".join(names)
-        info["system.device_count"] = str(len(names))
-        info["system.cuda"] = str(torch.version.cuda)
-    else:
-        info["system.devices"] = "cpu"
-        info["system.device_count"] = "0"
-    return info
-
-
-# ---------------------------------------------------------------------------------------
-# MLflow plumbing
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """The explicit URI, else `$MLFLOW_TRACKING_URI`, else `configure()`'s (stack or SQLite)."""
-    if tracking_uri:
-        return tracking_uri
-    return configure().tracking_uri
-
-
-def client_for(tracking_uri: str | None = None) -> MlflowClient:
-    """An `MlflowClient` for `tracking_uri` (resolved as in `resolve_tracking_uri`)."""
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
-
-
-def _is_http(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def default_artifact_location(tracking_uri: str) -> str | None:
-    """Where a new experiment keeps artifacts: next to an SQLite store; the server decides.
-
-    MLflow's own default for a database store is `./mlruns` under the *current working
-    directory*, which scatters artifacts wherever a step happens to be started.
-    """
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
-        return (db.parent / "mlartifacts").as_uri()
-    return None
-
-
-def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """The id of experiment `name`, created (or restored from deleted) when needed."""
-    from mlflow.exceptions import MlflowException
-
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return client.create_experiment(
-            name, artifact_location=default_artifact_location(tracking_uri)
-        )
-    except MlflowException:
-        # Another step process created it between our look-up and create.
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
-
-
-def _parent_filter(pipeline_run_id: str) -> str:
-    return f"tags.{TAG_KIND} = 'pipeline' and tags.{TAG_PIPELINE_RUN_ID} = '{pipeline_run_id}'"
-
-
-def find_or_create_parent(
-    client: MlflowClient,
-    experiment_id: str,
-    pipeline_run_id: str,
-    tags: Mapping[str, str] | None = None,
-    settle_s: float = PARENT_SETTLE_S,
-) -> str:
-    """The parent run of `pipeline_run_id` in the experiment, created if none exists.
-
-    MLflow has no create-if-absent, so two step processes starting together may both find
-    none and both create one. A creator therefore waits `settle_s` (longer than a
-    `create_run` round trip) so that every concurrent creation is visible, searches again
-    and keeps the oldest (start time, then id); the others delete their own, and every step
-    attaches to the same parent. Without the wait, a creator that searched before a slower
-    one's run appeared could keep its own while the slower one picks another.
-    """
-    from mlflow.entities import ViewType
-
-    def search() -> list[Run]:
-        return client.search_runs(
-            [experiment_id],
-            _parent_filter(pipeline_run_id),
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=50,
-        )
-
-    def oldest(runs: Sequence[Run]) -> Run:
-        return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-
-    found = search()
-    if found:
-        return oldest(found).info.run_id
-    created = client.create_run(
-        experiment_id,
-        run_name=pipeline_run_id,
-        tags={**dict(tags or {}), TAG_KIND: "pipeline", TAG_PIPELINE_RUN_ID: pipeline_run_id},
-    )
-    time.sleep(settle_s)  # once per pipeline run: later steps find the parent at once
-    winner = oldest(search() or [created])
-    if winner.info.run_id != created.info.run_id:
-        client.delete_run(created.info.run_id)
-    return winner.info.run_id
-
-
-def end_pipeline_run(
-    pipeline_run_id: str,
-    status: str = "FINISHED",
-    *,
-    experiment: str = DEFAULT_EXPERIMENT,
-    tracking_uri: str | None = None,
-) -> str | None:
-    """Marks the parent run of a pipeline run finished (the orchestrator's last act).
-
-    Step trackers leave the parent running, since other steps may still attach to it.
-    Returns the parent's id, or None when there is none.
-    """
-    from mlflow.entities import ViewType
-
-    client = client_for(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs(
-        [exp.experiment_id], _parent_filter(pipeline_run_id), run_view_type=ViewType.ACTIVE_ONLY
-    )
-    for run in runs:
-        client.set_terminated(run.info.run_id, status)
-    return runs[0].info.run_id if runs else None
-
-
-def _is_permanent(exc: BaseException) -> bool:
-    """A request the server rejected (bad name, deleted run): retrying cannot help."""
-    from mlflow.exceptions import MlflowException
-
-    # A connection failure reaches us as an MlflowException with INTERNAL_ERROR (500);
-    # an answer the server gave carries its own code. Auth and rate limits may pass.
-    if not isinstance(exc, MlflowException):
-        return False
-    status = exc.get_http_status_code()
-    return 400 <= status < 500 and status not in (401, 403, 408, 429)
-
-
-# ---------------------------------------------------------------------------------------
-# the tracker
 
 
 class _Value(NamedTuple):
@@ -585,7 +183,7 @@ class Tracker:
         self._started = False
         self._closed = False
 
-        tree = _config_tree(config) if config is not None else None
+        tree = config_tree(config) if config is not None else None
         if data_version is None:
             data_version = (
                 _nested_get(tree, ("run", "data_version")) or env.get(DATA_VERSION_ENV) or ""
@@ -734,7 +332,7 @@ class Tracker:
         flush (MLflow params cannot change once logged); `world_size` replaces the
         `system.world_size` guessed at construction.
         """
-        tree = _config_tree(config)
+        tree = config_tree(config)
         flat = flatten_config(tree)
         if world_size is not None:
             flat["system.world_size"] = world_size
@@ -831,7 +429,7 @@ class Tracker:
             if not self._has_work():
                 return True
             try:
-                if _is_http(self.tracking_uri) and not is_healthy(
+                if is_http_uri(self.tracking_uri) and not is_healthy(
                     mlflow_health_url(self.tracking_uri), timeout=self.probe_timeout_s
                 ):
                     raise ConnectionError("the tracking server does not answer /health")
@@ -878,7 +476,7 @@ class Tracker:
                     synchronous=True,
                 )
             except Exception as e:
-                if not _is_permanent(e):
+                if not is_permanent_error(e):
                     raise
                 # E.g. a param that already holds another value: retrying cannot fix it.
                 log.warning("tracking: params/tags rejected by the server: %s", _short(e))
@@ -903,7 +501,7 @@ class Tracker:
             try:
                 client.log_batch(self.run_id, metrics=metrics, synchronous=True)
             except Exception as e:
-                if not _is_permanent(e):
+                if not is_permanent_error(e):
                     raise
                 log.warning("tracking: %d metric values rejected and dropped: %s", len(metrics), e)
                 self.stats.dropped += len(metrics)
@@ -968,64 +566,3 @@ def _nested_get(tree: Any, path: Sequence[str]) -> Any:
 
 def _new_run_id() -> str:
     return f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-
-# ---------------------------------------------------------------------------------------
-# reading runs back (`tipsv2 runs`)
-
-
-def all_experiment_ids(client: MlflowClient) -> list[str]:
-    """Ids of every active experiment."""
-    from mlflow.entities import ViewType
-
-    return [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-
-
-def list_runs(client: MlflowClient, experiment: str | None = None, limit: int = 50) -> list[Run]:
-    """The newest `limit` active runs of one experiment (by name) or of all of them."""
-    from mlflow.entities import ViewType
-
-    if experiment is not None:
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            raise ValueError(f"no experiment named {experiment!r}")
-        ids = [exp.experiment_id]
-    else:
-        ids = all_experiment_ids(client)
-    if not ids:
-        return []
-    return client.search_runs(
-        ids,
-        run_view_type=ViewType.ACTIVE_ONLY,
-        max_results=limit,
-        order_by=["attributes.start_time DESC"],
-    )
-
-
-def find_runs(client: MlflowClient, ref: str) -> list[Run]:
-    """Runs matching `ref`: a run id, a run name (newest first) or a unique id prefix."""
-    from mlflow.entities import ViewType
-    from mlflow.exceptions import MlflowException
-
-    if re.fullmatch(r"[0-9a-f]{32}", ref):
-        try:
-            return [client.get_run(ref)]
-        except MlflowException:
-            pass
-    ids = all_experiment_ids(client)
-    if not ids:
-        return []
-    # MLflow's filter grammar has no escapes: quote with the kind the name does not hold.
-    quoted = f'"{ref}"' if "'" in ref else f"'{ref}'"
-    by_name = client.search_runs(
-        ids,
-        f"attributes.run_name = {quoted}",
-        run_view_type=ViewType.ACTIVE_ONLY,
-        order_by=["attributes.start_time DESC"],
-    )
-    if by_name:
-        return list(by_name)
-    if re.fullmatch(r"[0-9a-f]{6,31}", ref):
-        recent = client.search_runs(ids, run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
-        return [r for r in recent if r.info.run_id.startswith(ref)]
-    return []

@@ -1,0 +1,158 @@
+"""MLflow plumbing shared by the tracker, the registry and the steps: one client factory,
+experiments, and the parent run that groups the steps of a pipeline run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from components.settings import configure
+from components.tracking.tags import DEFAULT_EXPERIMENT, TAG_KIND, TAG_PIPELINE_RUN_ID
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+# How long the creator of a parent run waits for concurrent creators (find_or_create_parent).
+PARENT_SETTLE_S = 1.0
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The explicit URI, else `$MLFLOW_TRACKING_URI`, else `configure()`'s (stack or SQLite)."""
+    if tracking_uri:
+        return tracking_uri
+    return configure().tracking_uri
+
+
+def client_for(tracking_uri: str | None = None) -> MlflowClient:
+    """An `MlflowClient` whose tracking and registry stores are both `tracking_uri`
+    (resolved as in `resolve_tracking_uri`): runs and registered models live together."""
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def is_http_uri(uri: str) -> bool:
+    """True for a tracking server (as opposed to a local store such as sqlite://)."""
+    return uri.startswith(("http://", "https://"))
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: next to an SQLite store; the server decides.
+
+    MLflow's own default for a database store is `./mlruns` under the *current working
+    directory*, which scatters artifacts wherever a step happens to be started.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The id of experiment `name`, created (or restored from deleted) when needed."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(
+            name, artifact_location=default_artifact_location(tracking_uri)
+        )
+    except MlflowException:
+        # Another step process created it between our look-up and create.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _parent_filter(pipeline_run_id: str) -> str:
+    return f"tags.{TAG_KIND} = 'pipeline' and tags.{TAG_PIPELINE_RUN_ID} = '{pipeline_run_id}'"
+
+
+def find_or_create_parent(
+    client: MlflowClient,
+    experiment_id: str,
+    pipeline_run_id: str,
+    tags: Mapping[str, str] | None = None,
+    settle_s: float = PARENT_SETTLE_S,
+) -> str:
+    """The parent run of `pipeline_run_id` in the experiment, created if none exists.
+
+    MLflow has no create-if-absent, so two step processes starting together may both find
+    none and both create one. A creator therefore waits `settle_s` (longer than a
+    `create_run` round trip) so that every concurrent creation is visible, searches again
+    and keeps the oldest (start time, then id); the others delete their own, and every step
+    attaches to the same parent. Without the wait, a creator that searched before a slower
+    one's run appeared could keep its own while the slower one picks another.
+    """
+    from mlflow.entities import ViewType
+
+    def search() -> list[Run]:
+        return client.search_runs(
+            [experiment_id],
+            _parent_filter(pipeline_run_id),
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=50,
+        )
+
+    def oldest(runs: Sequence[Run]) -> Run:
+        return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+    found = search()
+    if found:
+        return oldest(found).info.run_id
+    created = client.create_run(
+        experiment_id,
+        run_name=pipeline_run_id,
+        tags={**dict(tags or {}), TAG_KIND: "pipeline", TAG_PIPELINE_RUN_ID: pipeline_run_id},
+    )
+    time.sleep(settle_s)  # once per pipeline run: later steps find the parent at once
+    winner = oldest(search() or [created])
+    if winner.info.run_id != created.info.run_id:
+        client.delete_run(created.info.run_id)
+    return winner.info.run_id
+
+
+def end_pipeline_run(
+    pipeline_run_id: str,
+    status: str = "FINISHED",
+    *,
+    experiment: str = DEFAULT_EXPERIMENT,
+    tracking_uri: str | None = None,
+) -> str | None:
+    """Marks the parent run of a pipeline run finished (the orchestrator's last act).
+
+    Step trackers leave the parent running, since other steps may still attach to it.
+    Returns the parent's id, or None when there is none.
+    """
+    from mlflow.entities import ViewType
+
+    client = client_for(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id], _parent_filter(pipeline_run_id), run_view_type=ViewType.ACTIVE_ONLY
+    )
+    for run in runs:
+        client.set_terminated(run.info.run_id, status)
+    return runs[0].info.run_id if runs else None
+
+
+def is_permanent_error(exc: BaseException) -> bool:
+    """A request the server rejected (bad name, deleted run): retrying cannot help."""
+    from mlflow.exceptions import MlflowException
+
+    # A connection failure reaches us as an MlflowException with INTERNAL_ERROR (500);
+    # an answer the server gave carries its own code. Auth and rate limits may pass.
+    if not isinstance(exc, MlflowException):
+        return False
+    status = exc.get_http_status_code()
+    return 400 <= status < 500 and status not in (401, 403, 408, 429)
