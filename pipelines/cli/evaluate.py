@@ -132,9 +132,11 @@ def run_eval(args: argparse.Namespace) -> int:
     needs_text = {"zeroshot_seg", "retrieval", "classification"} & set(tasks)
     tokenizer = Tokenizer(find_tokenizer(args.checkpoint, args.tokenizer)) if needs_text else None
     writer = PredictionWriter(args.save_predictions, test.seg) if args.save_predictions else None
-    lineage = checkpoint_lineage(args.checkpoint, model.variant.name)
-    lineage["dataset"] = f"{args.dataset} ({test.layout}, split {args.split or 'default'})"
-    lineage["config"] = lineage.pop("config")  # the long entry last, as before
+    lineage: dict = {}
+    if args.report:  # what the report says about the model (reads its meta.json)
+        lineage = checkpoint_lineage(args.checkpoint, model.variant.name)
+        lineage["dataset"] = f"{args.dataset} ({test.layout}, split {args.split or 'default'})"
+        lineage["config"] = lineage.pop("config")  # the long entry last
     metrics = evaluate_and_report(
         model,
         tokenizer,
