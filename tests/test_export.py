@@ -385,4 +385,4 @@ def test_cli_export_reports_accuracy_per_precision_and_eval_runs_exports(cli_exp
     ev += ["--eval-size", "112", "--mode", "whole"]
     native = json.loads(run(*ev, "--checkpoint", str(ckpt)).stdout)
     exported = json.loads(run(*ev, "--checkpoint", str(out)).stdout)
-    assert exported[miou] == pytest.approx(native[miou], abs=1e-6)
+    assert exported[miou] == pytest.approx(native[miou], abs=1e-4)  # argmax near-ties, above
