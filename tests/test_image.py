@@ -471,7 +471,12 @@ def test_a_component_runs_through_kfps_executor_in_the_image(executors, image, w
     os.chown(outputs, IMAGE_UID, IMAGE_UID)
     executor_input = {
         "inputs": {
-            "parameterValues": {"recipe": "demo", "student_variants": ["nano14"], "promotion": {}}
+            "parameterValues": {
+                "recipe": "demo",
+                "student_variants": ["nano14"],
+                "promotion": {},
+                "validation": {},
+            }
         },
         "outputs": {
             "parameters": {"Output": {"outputFile": f"{WORK}/preflight/Output"}},
