@@ -252,16 +252,16 @@ def test_card_rejects_count_without_rejected_parquet(good, tmp_path):
 def test_class_coverage_names_missing_and_undeclared_classes(good, tmp_path):
     def relabel(rows: Rows) -> Rows:
         for r in rows:
-            r["classes"] = ["dragon" if c == "cat" else c for c in r["classes"]]
+            r["classes"] = ["dragon" if c == "star" else c for c in r["classes"]]
         return rows
 
     result = validate(craft(tmp_path, good, rows=relabel), write=False)
     fails = failed(result)
     coverage = fails[("expect_column_values_to_be_between", "samples")]
-    assert coverage.examples == ({"samples": 0, "class": "cat"},)
+    assert coverage.examples == ({"samples": 0, "class": "star"},)
     declared = fails[("expect_column_values_to_be_in_set", "declared")]
     assert [e["class"] for e in declared.examples] == ["dragon"]
-    assert result.stats["classes_without_samples"] == ["cat"]
+    assert result.stats["classes_without_samples"] == ["star"]
     off = ValidationConfig(class_coverage=False)
     assert validate(craft(tmp_path / "b", good, rows=relabel), off, write=False).success
 
