@@ -519,9 +519,7 @@ class _Builder:
         for f in self.cfg.caption_fields:
             values = manifest[f].dropna()
             counts = values.value_counts()
-            top = [
-                {"caption": str(text), "count": int(c)} for text, c in counts.head(3).items()
-            ]
+            top = [{"caption": str(text), "count": int(c)} for text, c in counts.head(3).items()]
             lo = min(self.cfg.min_distinct_captions, n)
             self.figure(
                 f"distinct_{f}",
