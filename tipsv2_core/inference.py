@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from tipsv2_core.finite import check_finite
 from tipsv2_core.models.text import TextEncoder
 from tipsv2_core.models.tips import l2_normalize
 from tipsv2_core.models.vision import VisionTransformer
@@ -55,6 +56,8 @@ def embed_images(
     for chunk in _batches(list(paths), batch_size):
         images = torch.stack([load_image(p, image_size) for p in chunk]).to(device)
         res = model(images)
+        for name in ("cls1", "cls2", *(("patch_tokens",) if patch_tokens else ())):
+            check_finite(getattr(res, name), f"image embeddings ({name}) of {chunk[0]}…")
         out["cls1"].append(l2_normalize(res.cls1).float().cpu().numpy())
         out["cls2"].append(l2_normalize(res.cls2).float().cpu().numpy())
         if patch_tokens:
@@ -73,6 +76,7 @@ def embed_texts(
     for chunk in _batches(list(texts), batch_size):
         ids, paddings = tokenizer(chunk)
         emb = model(torch.from_numpy(ids).to(device), torch.from_numpy(paddings).to(device))
+        check_finite(emb, f"text embeddings of {chunk[0]!r}…")
         rows.append(l2_normalize(emb).float().cpu().numpy())
     return np.concatenate(rows)
 
