@@ -62,6 +62,12 @@ def _common(p: argparse.ArgumentParser, default_recipe: str) -> None:
         "--no-resume", action="store_true", help="start over even if --out has checkpoints"
     )
     p.add_argument(
+        "--accept-changes",
+        action="store_true",
+        help="resume although the config or data version differ from the checkpoint's "
+        "(never a change of model shapes); the changes are printed",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="print sizes, FLOPs and memory; train nothing"
     )
     p.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
@@ -149,6 +155,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.distill and not cfg.distill.teacher:
         raise ValueError("--teacher is required for distillation")
     out = strip_file_scheme(args.out)
+    if not args.no_resume:
+        _check_resume(Path(out), cfg, args.accept_changes)
     if args.no_ray:
         from tipsv2_core.train.runs import distill, pretrain
 
@@ -171,6 +179,22 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(_run_on_ray(args, cfg, out)))
     return 0
+
+
+def _check_resume(out: Path, cfg, accept: bool) -> None:
+    """Refuses to resume `out` with other settings than its latest checkpoint's."""
+    import sys
+
+    from tipsv2_core.train.checkpointing import latest_checkpoint
+    from tipsv2_core.train.resume import check_resume
+
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return
+    changes = check_resume(ckpt, cfg, accept=accept)
+    if changes:
+        said = "; ".join(c.describe() for c in changes)
+        print(f"tipsv2: resuming {ckpt} with accepted changes: {said}", file=sys.stderr)
 
 
 def _tracking(args: argparse.Namespace) -> dict:
