@@ -155,6 +155,14 @@ def run_train(args: argparse.Namespace) -> int:
     if args.distill and not cfg.distill.teacher:
         raise ValueError("--teacher is required for distillation")
     out = strip_file_scheme(args.out)
+    from tipsv2_core.runlock import run_lock
+
+    with run_lock(out, "distillation" if args.distill else "training"):
+        return _train_locked(args, cfg, out)
+
+
+def _train_locked(args: argparse.Namespace, cfg, out: str) -> int:
+    """The run itself, while this process holds the run directory's lock."""
     if not args.no_resume:
         _check_resume(Path(out), cfg, args.accept_changes)
     if args.no_ray:
