@@ -66,6 +66,7 @@ from components.settings import (
     stack_dir,
     tipsv2_home,
 )
+from tipsv2_core.errors import UserError
 
 HOST = "127.0.0.1"
 SERVICES = ("s3", "mlflow")  # start order; `down` stops in reverse
@@ -99,7 +100,7 @@ MLFLOW_TIMEOUT_S = 180.0  # ~7 s idle, much longer on 2 busy cores
 STOP_TIMEOUT_S = 20.0
 
 
-class StackError(RuntimeError):
+class StackError(UserError, RuntimeError):
     """A service could not be started, stopped or found; the message says what to do."""
 
 

@@ -12,11 +12,13 @@ into the same folder can remove the leftovers of processes of this host that are
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 COMPLETE_FILE = "COMPLETE"
@@ -108,6 +110,26 @@ def check_replaceable(
             "(--force replaces it)"
         )
     return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary sibling of file `path` to write; renames it to `path` when the
+    block succeeds, removes it when it fails (a full disk, an error), so `path` is either
+    the old file or the complete new one. The temporary name keeps the suffix (numpy
+    appends `.npz` to names without it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputExistsError(f"{path}: is a directory, not a file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{_host()}-{os.getpid()}-{time.monotonic_ns()}")
+    tmp = tmp.with_name(tmp.name + path.suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def commit_directory(tmp: Path, path: Path) -> Path:

@@ -179,6 +179,7 @@ def write_output(path: str, metrics: dict[str, float], dataset: str) -> None:
     version = data_version(dataset, missing_ok=True) if Path(dataset).is_dir() else ""
     if version:
         doc[TAG_EVAL_DATA_VERSION] = version
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    from tipsv2_core.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")

@@ -155,6 +155,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.distill and not cfg.distill.teacher:
         raise ValueError("--teacher is required for distillation")
     out = strip_file_scheme(args.out)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"{out}: is a file, not a run directory")
     from tipsv2_core.runlock import run_lock
 
     with run_lock(out, "distillation" if args.distill else "training"):
