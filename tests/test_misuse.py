@@ -57,6 +57,16 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def _dead_server() -> str:
+    """A tracking URI where nothing listens (a port just freed)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://user:hunter2@127.0.0.1:{port}"
+
+
 def _embed(ws, *extra: str, image: str = "ok.png", ckpt: str = "ckpt") -> list[str]:
     return ["embed", "image", "--checkpoint", str(ws[ckpt]), "--image-size", "112",
             str(ws[image]), *extra]  # fmt: skip
@@ -100,6 +110,12 @@ CASES = [
                                            str(ws["root"] / "z.npz")), "--batch-size", []),
     ("embed-meta-disagrees", lambda ws: _embed(ws, "--output", str(ws["root"] / "m.npz"),
                                                ckpt="liar"), "do not fit the variant 'ti14'", []),
+    ("runs-list-dead-server", lambda ws: ["runs", "list", "--tracking-uri", _dead_server()],
+     "does not answer", []),
+    ("promote-dead-server", lambda ws: ["promote", "m", "--version", "1", "--tracking-uri",
+                                        _dead_server()], "does not answer", []),
+    ("rollback-dead-server", lambda ws: ["rollback", "m", "--to-version", "1", "--tracking-uri",
+                                         _dead_server()], "does not answer", []),
     ("eval-output-under-file", lambda ws: ["eval", "--checkpoint", str(ws["ckpt"]), "--dataset",
                                            str(ws["work"]), "--output",
                                            str(ws["notes.txt"] / "m.json")], "work", ["notes.txt"]),
@@ -126,6 +142,6 @@ def test_misuse_is_one_line_exit_2_nothing_written(capsys, ws, argv, says, intac
     assert rc == 2, (args, out, err)
     assert len(lines) == 1 and lines[0].startswith(f"tipsv2 {args[0]}: error: "), err
     assert says in lines[0], lines[0]
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "hunter2" not in err
     assert {k: _snapshot(ws[k]) for k in intact} == before
     assert {p.name for p in ws["root"].iterdir()} == entries  # nothing new, no leftovers

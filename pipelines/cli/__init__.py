@@ -75,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "needs_tracking", False):
+            from pipelines.cli.common import check_tracking
+
+            check_tracking(args.tracking_uri)
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print(f"tipsv2 {args.command}: interrupted", file=sys.stderr)
