@@ -319,4 +319,3 @@ def _check_ranges(cfg: TrainConfig) -> None:
     for key in ("data.global_scale", "data.local_scale"):
         lo, hi = _get(cfg, key)
         _check(0.0 < lo <= hi <= 1.0, f"{key}=({lo}, {hi}) must satisfy 0 < low <= high <= 1")
-
