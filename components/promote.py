@@ -88,6 +88,7 @@ TAG_REASON = "promotion.reason"
 TAG_HISTORY_RUN = "promotion.history_run"
 TAG_SUPERSEDED_BY = "promotion.superseded_by"  # on a champion that another replaced
 MAX_TAG_VALUE = 5000
+MAX_HISTORY = 10_000  # decisions read back to find a model's past champions
 
 Action = Literal["promoted", "refused", "forced", "rollback"]
 NONE = "none"
@@ -553,9 +554,19 @@ def rollback(
     reason: str | None = None,
     actor: str | None = None,
     tracking_uri: str | None = None,
+    force: bool = False,
 ) -> Decision:
     """Moves `champion` back to `to_version` (no gate: the point is to undo a promotion),
-    recording who and why. The version must exist and must not be the champion already."""
+    recording who and why.
+
+    A rollback only goes back: `to_version` must have been the champion before (the
+    promotion history says so) and must be older than the current champion. Anything
+    else would be a way round the gate (a version it refused, one evaluated on other
+    data, a newer one); `force` with a `reason` allows it, and the history records the
+    override. The version must exist and must not be the champion already.
+    """
+    if force and not (reason and reason.strip()):
+        raise PromotionError("a forced rollback needs a reason (--reason)")
     uri = resolve_tracking_uri(tracking_uri)
     client = client_for(uri)
     to_version = str(to_version)
@@ -563,8 +574,20 @@ def rollback(
     before = alias_version(client, name, CHAMPION)
     if before == to_version:
         raise PromotionError(f"{name} v{to_version} is already the champion")
-    _move_champion(client, name, to_version, before)
     who = actor or current_actor()
+    problems = _rollback_problems(name, to_version, before, uri)
+    if problems and not force:
+        raise PromotionError(
+            f"{name}: cannot roll back to v{to_version}: {'; '.join(problems)} "
+            "(--force --reason overrides, and is recorded)"
+        )
+    _move_champion(client, name, to_version, before)
+    said = f": {reason}" if reason else ""
+    if force:
+        reasons = (f"forced rollback from v{before} by {who}{said}",)
+        reasons += tuple(f"overridden: {p}" for p in problems)
+    else:
+        reasons = (f"rolled back from v{before} by {who}{said}",)
     decision = Decision(
         name=name,
         version=to_version,
@@ -572,13 +595,39 @@ def rollback(
         champion_before=before,
         champion_after=to_version,
         compared_to=before,
-        reasons=(f"rolled back from v{before} by {who}" + (f": {reason}" if reason else ""),),
+        reasons=reasons,
         rules=(),
         actor=who,
         reason=reason,
         timestamp=_now(),
     )
     return _record(client, uri, decision)
+
+
+def _rollback_problems(name: str, to_version: str, champion: str | None, uri: str) -> list[str]:
+    """Why moving `champion` to `to_version` would not be a rollback (empty: it is one)."""
+    problems = []
+    past = {
+        v
+        for event in history(name, tracking_uri=uri, limit=MAX_HISTORY)
+        for v in (event["champion_before"], event["champion_after"])
+        if v is not None
+    }
+    if to_version not in past:
+        problems.append(f"v{to_version} was never the champion")
+    if champion is not None and _version_number(to_version) > _version_number(champion):
+        problems.append(
+            f"v{to_version} is newer than the champion v{champion} (a rollback never moves "
+            "forward; promote it through the gate)"
+        )
+    return problems
+
+
+def _version_number(version: str) -> int:
+    try:
+        return int(version)
+    except ValueError:
+        raise PromotionError(f"model version {version!r} is not a number") from None
 
 
 def history(

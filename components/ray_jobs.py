@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from components.train_entry import JobOptions
+from tipsv2_core.errors import UserError
 from tipsv2_core.uri import strip_file_scheme
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ LOG_TAIL = 40  # lines of the job's log quoted in an error
 SUBMIT_RETRY_S = 120.0  # how long a just-started head may take to accept jobs
 
 
-class RayJobError(RuntimeError):
+class RayJobError(UserError, RuntimeError):
     """The Ray job failed, was stopped, or did not finish in time."""
 
 

@@ -45,6 +45,7 @@ RAY_ENV_DEFAULTS = {
     "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
 }
 ATTEMPTS_FILE = "attempts.jsonl"
+TRACKING_FILE = "tracking.json"  # rank 0's tracker outcome, for the driver to report
 
 
 @dataclass
@@ -84,6 +85,7 @@ class RayTrainResult:
     metrics: dict[str, Any]
     startup_s: float  # ray.init + trainer construction, before the first worker runs
     fit_s: float
+    tracking: dict[str, Any] = field(default_factory=dict)  # Tracker.outcome of rank 0
 
 
 def storage_target(storage: str) -> tuple[str, Any]:
@@ -173,7 +175,15 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
             tracker = stack.enter_context(Tracker(**config["tracking"]))
             tracker.log_config(cfg, world_size=ctx.get_world_size())
-        _run_worker(config, cfg, out, rank, tracker, last)
+        status = "FAILED"
+        try:
+            _run_worker(config, cfg, out, rank, tracker, last)
+            status = "FINISHED"
+        finally:
+            if tracker is not None:  # the driver repeats what the worker's log says
+                outcome = tracker.outcome(tracker.close(status))
+                outcome["launch"] = config["launch"]
+                (out / TRACKING_FILE).write_text(json.dumps(outcome) + "\n")
 
 
 def _run_worker(
@@ -301,6 +311,7 @@ def train_on_ray(
         if line and (entry := json.loads(line))["launch"] == launch
     ]
     return RayTrainResult(
+        tracking=_tracking_outcome(out, launch),
         out=out,
         final=out / "final",
         steps=int(result.metrics.get("step", 0)) if result.metrics else 0,
@@ -311,6 +322,35 @@ def train_on_ray(
         startup_s=startup,
         fit_s=fit_s,
     )
+
+
+def _tracking_outcome(out: Path, launch: str) -> dict[str, Any]:
+    """What rank 0's tracker of this launch reported (empty: it did not track)."""
+    try:
+        doc = json.loads((out / TRACKING_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if doc.get("launch") == launch else {}
+
+
+def tracking_warnings(outcome: Mapping[str, Any]) -> list[str]:
+    """The lines a tracker's outcome deserves on the terminal (none when all went well)."""
+    if not outcome:
+        return []
+    uri, lines = outcome.get("tracking_uri", "?"), []
+    if outcome.get("failed_flushes"):
+        lines.append(
+            f"tracking: {uri} could not be reached during the run ({outcome['failed_flushes']} "
+            f"failed sends, {outcome.get('outage_s', 0):.0f} s of outage); values were "
+            "buffered and retried"
+        )
+    if not outcome.get("delivered", True):
+        run = outcome.get("run_id") or "(never created)"
+        lines.append(
+            f"tracking: {outcome.get('undelivered_values', 0)} metric values never reached "
+            f"{uri}; MLflow run {run} may be left RUNNING; metrics.jsonl holds every value"
+        )
+    return lines
 
 
 def run_summary(result: RayTrainResult, workers: int) -> dict[str, Any]:

@@ -321,7 +321,8 @@ class RegisteredVersion:
 def load_metrics_file(path: str | os.PathLike) -> tuple[dict[str, float], dict[str, str]]:
     """Metrics (and lineage, if any) from a JSON file.
 
-    Accepts the flat `{name: number}` that `tipsv2 eval --output` writes, or
+    Accepts the flat `{name: number, "eval_data_version": ...}` that `tipsv2 eval
+    --output` writes, or
     `{"metrics": {...}, "eval_data_version": ..., "data_version": ...}`. Returns
     (metrics, lineage) where lineage holds the version strings the file names.
     """
@@ -333,11 +334,13 @@ def load_metrics_file(path: str | os.PathLike) -> tuple[dict[str, float], dict[s
     if not isinstance(doc, dict):
         raise RegistryError(f"{path}: expected a JSON object of metrics")
     lineage: dict[str, str] = {}
+    for key in (TAG_EVAL_DATA_VERSION, TAG_DATA_VERSION):
+        if doc.get(key):
+            lineage[key] = str(doc[key])
     if isinstance(doc.get("metrics"), dict):
-        for key in (TAG_EVAL_DATA_VERSION, TAG_DATA_VERSION):
-            if doc.get(key):
-                lineage[key] = str(doc[key])
         doc = doc["metrics"]
+    else:  # flat, as `tipsv2 eval --output` writes it: the versions beside the metrics
+        doc = {k: v for k, v in doc.items() if k not in (TAG_EVAL_DATA_VERSION, TAG_DATA_VERSION)}
     metrics = {}
     for k, v in doc.items():
         if isinstance(v, bool) or not isinstance(v, int | float):

@@ -66,6 +66,7 @@ from components.settings import (
     stack_dir,
     tipsv2_home,
 )
+from tipsv2_core.errors import UserError
 
 HOST = "127.0.0.1"
 SERVICES = ("s3", "mlflow")  # start order; `down` stops in reverse
@@ -99,7 +100,7 @@ MLFLOW_TIMEOUT_S = 180.0  # ~7 s idle, much longer on 2 busy cores
 STOP_TIMEOUT_S = 20.0
 
 
-class StackError(RuntimeError):
+class StackError(UserError, RuntimeError):
     """A service could not be started, stopped or found; the message says what to do."""
 
 
@@ -298,10 +299,63 @@ def _read_pid(p: StackPaths, service: str) -> int | None:
 
 
 def _running_pid(p: StackPaths, service: str) -> int | None:
-    """The pid of the service if its pid file names a live process of that service."""
+    """The pid (and process group) of the service if its pid file names a live process of
+    that service, or a session of its own that still has live members.
+
+    A service is started as the leader of a new session; its workers (MLflow's) stay in
+    that session. A leader killed on its own (`kill -9 PID`) leaves them answering on
+    the service's port, so the service counts as running until the whole group is gone.
+    """
     pid = _read_pid(p, service)
-    if pid is not None and _alive(pid) and _is_service(pid, service):
-        return pid
+    if pid is None:
+        return None
+    if _alive(pid):
+        return pid if _is_service(pid, service) else None
+    return pid if _session_members(pid) else None
+
+
+def _session_members(sid: int) -> list[int]:
+    """Live (non-zombie) processes of the session `sid` that are in its first process group
+    (the one a service's leader made); a reused pid cannot name a session that exists."""
+    proc_dir = Path("/proc")
+    if not proc_dir.is_dir():
+        return []
+    members = []
+    for entry in proc_dir.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (proc_dir / entry.name / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == sid and int(fields[3]) == sid:
+            members.append(int(entry.name))
+    return members
+
+
+def _other_mlflow_on(db: Path) -> int | None:
+    """The pid of a live MLflow server whose backend store is `db`, if any (a second
+    server on one SQLite file would race the first one's writes)."""
+    want = f"sqlite:///{db}".encode()
+    proc_dir = Path("/proc")
+    if not proc_dir.is_dir():
+        return None
+    for entry in proc_dir.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            if b"mlflow" not in cmdline:
+                continue
+            # `mlflow server` hands the store to its web server child in the environment.
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        stores = (b"_MLFLOW_SERVER_FILE_STORE=" + want, b"MLFLOW_BACKEND_STORE_URI=" + want)
+        if want in cmdline.split(b"\0") or any(v in environ for v in stores):
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[0] != "Z":
+                return int(entry.name)
     return None
 
 
@@ -617,6 +671,12 @@ def _start_mlflow(
             "MLFLOW_S3_ENDPOINT_URL": s3_url,
         }
     )
+    other = _other_mlflow_on(p.mlflow_db)
+    if other is not None:
+        raise StackError(
+            f"another MLflow server (pid {other}) already uses {p.mlflow_db}; stop it "
+            "(`tipsv2 stack down`, or kill its process group) before starting one"
+        )
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", f"sqlite:///{p.mlflow_db}",

@@ -42,6 +42,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlparse
 
+from tipsv2_core.errors import UserError
+
 if TYPE_CHECKING:
     from botocore.client import BaseClient
 
@@ -76,7 +78,7 @@ TRANSIENT_CODES = frozenset(
 T = TypeVar("T")
 
 
-class StorageError(Exception):
+class StorageError(UserError):
     """A storage operation failed; `uri` is the location it was about."""
 
     def __init__(self, uri: str, message: str) -> None:

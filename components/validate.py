@@ -14,9 +14,14 @@ batches, each with its own ExpectationSuite and ValidationDefinition in an ephem
   within bounds, and no exact duplicate images (sha256). Failures name the sample keys.
 - **classes**, one row per class, for labelled data: every class of the card covered by
   at least `min_class_samples` samples, and no label the card does not declare.
+- **shards**, one row per shard the manifest names (components.shard_check): the shard
+  exists, is a readable tar that is not truncated, holds exactly the manifest's samples
+  (count and keys), each with its image and JSON, and a few of them decode.
 - **summary**, one row of dataset-level figures: each split's share of the samples within
-  a tolerance of its expected ratio, and the reject and duplicate rates of curation
-  (from `rejected.parquet`, else the card's reject counts) below their thresholds.
+  a tolerance of its expected ratio, the reject and duplicate rates of curation
+  (from `rejected.parquet`, else the card's reject counts) below their thresholds, and
+  at least `min_distinct_captions` different texts in each caption field (a caption
+  set that is all one string teaches the text tower nothing).
 
 `validate` writes `validation.json` (every check, the failures with examples, and GX's
 own result documents) and `validation.html` (a summary table) into the output folder,
@@ -59,9 +64,9 @@ __all__ = [
 RESULT_FILE = "validation.json"
 HTML_FILE = "validation.html"
 DEFAULT_OUT = "validation"  # below the dataset, unless `out` says otherwise
-BATCHES = ("manifest", "classes", "summary")
+BATCHES = ("manifest", "classes", "shards", "summary")
 # The column that names an offending row in each batch's failure examples.
-INDEX_COLUMN = {"manifest": "key", "classes": "class"}
+INDEX_COLUMN = {"manifest": "key", "classes": "class", "shards": "shard"}
 # Characters, not words: a caption is stored and tokenised as text; these bounds catch
 # empty strings and runaway generations (the text encoder reads 64 tokens of it anyway).
 DEFAULT_CAPTION_MAX_CHARS = {"alt_text": 1000, "caption_medium": 2000, "caption_long": 8000}
@@ -107,6 +112,9 @@ class ValidationConfig:
     class_coverage: bool | None = None
     min_class_samples: int = 1
     examples: int = 5  # offending rows reported per failed check
+    check_shards: bool = True  # open every shard the manifest names (shard_check)
+    decode_per_shard: int = 2  # samples fully decoded per shard, besides the first and last
+    min_distinct_captions: int = 2  # per caption field (capped at the number of samples)
 
     def __post_init__(self) -> None:
         problems = []
@@ -119,6 +127,8 @@ class ValidationConfig:
             problems.append("max_aspect_ratio must be >= 1")
         if self.caption_min_chars < 0 or self.min_samples < 0 or self.min_class_samples < 0:
             problems.append("caption_min_chars, min_samples, min_class_samples must be >= 0")
+        if self.decode_per_shard < 0 or self.min_distinct_captions < 0:
+            problems.append("decode_per_shard, min_distinct_captions must be >= 0")
         if self.split_tolerance < 0 or self.split_sigmas < 0 or self.examples < 1:
             problems.append("split_tolerance, split_sigmas must be >= 0 and examples >= 1")
         missing = [f for f in self.caption_fields if f not in self.caption_max_chars]
@@ -487,6 +497,39 @@ class _Builder:
             }
         )
 
+    def shards(self, rows: list[dict[str, str]]) -> Any:
+        """The shards batch: one row per shard with its problem ("" when none)."""
+        import pandas as pd
+
+        self.stats.update(
+            shards=len(rows), shards_with_problems=sum(1 for r in rows if r["problem"])
+        )
+        self.check(
+            "shards",
+            "ExpectColumnValuesToBeInSet",
+            "every shard the manifest names exists, is whole, holds exactly its samples "
+            "and decodes",
+            column="problem",
+            value_set=[""],
+        )
+        return pd.DataFrame(rows, columns=["shard", "problem"])
+
+    def distinct_captions(self, manifest: Any, n: int) -> None:
+        """A figure per caption field: how many different texts it holds."""
+        for f in self.cfg.caption_fields:
+            values = manifest[f].dropna()
+            counts = values.value_counts()
+            top = [{"caption": str(text), "count": int(c)} for text, c in counts.head(3).items()]
+            lo = min(self.cfg.min_distinct_captions, n)
+            self.figure(
+                f"distinct_{f}",
+                float(len(counts)),
+                float(lo),
+                float(max(n, lo)),
+                f"{f} holds at least {lo} different texts",
+                top,
+            )
+
     def split_shares(self, counts: Counter[str], n: int, expected: Mapping[str, float]) -> None:
         cfg = self.cfg
         table = [  # the example rows of every split check: all splits, missing ones too
@@ -547,8 +590,9 @@ class _Builder:
         )
 
 
-def _build(root: Path, cfg: ValidationConfig) -> _Batches:
-    """Reads the manifest, card and rejects; derives the three batches and their checks."""
+def _build(root: Path, cfg: ValidationConfig, uri: str | None = None) -> _Batches:
+    """Reads the manifest, card and rejects (and the shards at `uri`, the dataset itself,
+    when `cfg.check_shards`); derives the batches and their checks."""
     import pandas as pd
 
     card = read_card(root)
@@ -573,6 +617,13 @@ def _build(root: Path, cfg: ValidationConfig) -> _Batches:
     classes = b.classes(card, labels)
     if classes is not None:
         frames["classes"] = classes
+    if cfg.check_shards:
+        from components.shard_check import inspect_shards
+
+        cols = table.select(["key", "shard"]).to_pydict()
+        rows = inspect_shards(uri or root, cols, cfg.decode_per_shard)
+        frames["shards"] = b.shards(rows)
+    b.distinct_captions(manifest, n)
     counts = Counter(s for s in manifest["split"] if isinstance(s, str))
     b.stats.update(num_samples=n, splits=dict(counts), expected_splits=expected)
     if expected:
@@ -751,7 +802,7 @@ def validate(
     cfg = config or ValidationConfig()
     uri = os.fspath(data)
     with metadata_dir(uri) as root:
-        batches = _build(root, cfg)
+        batches = _build(root, cfg, uri)
     suites = _run_suites(batches, cfg)
     checks = tuple(_check_results(batches, suites))
     target = None

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from components.settings import DATA_BUCKET, configure, disable_telemetry, tipsv2_home
+from tipsv2_core.errors import UserError
 from tipsv2_core.uri import strip_file_scheme
 
 __all__ = [
@@ -59,7 +60,7 @@ S3_REMOTE_URL = f"s3://{DATA_BUCKET}/dvc"
 S3_CHECKSUM_ENV = {"AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED"}
 
 
-class VersioningError(RuntimeError):
+class VersioningError(UserError, RuntimeError):
     """A path is not tracked by DVC, its workspace copy is stale, or a DVC command failed."""
 
 

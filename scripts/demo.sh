@@ -26,10 +26,10 @@ with open(f"{out}/captions.txt", "w") as f:
             f.write(f"a {c} {s} on a plain background\nA photo of a small {c} {s}.\n")
 PY
 
-$tipsv2 model init --variant nano14 --out "$out/nano14"
+$tipsv2 model init --variant nano14 --out "$out/nano14" --force  # the demo owns $out
 $tipsv2 tokenizer train --corpus "$out/captions.txt" --out "$out/tokenizer.model" --vocab-size 64
 $tipsv2 embed image --checkpoint "$out/nano14" --image-size 224 --patch-tokens "$out/shapes.png" --output "$out/image.npz"
 $tipsv2 embed text --checkpoint "$out/nano14" --tokenizer "$out/tokenizer.model" \
   "a red circle" "a blue square" --output "$out/text.json"
-$tipsv2 convert "$out/nano14" "$out/official/tips_v2_nano14"
+$tipsv2 convert "$out/nano14" "$out/official/tips_v2_nano14" --force
 echo "demo: outputs in $out/"

@@ -629,3 +629,60 @@ def test_sqlite_register_promote_and_load_by_alias(
     for key in ("cls1", "cls2"):
         assert np.abs(np.load(out)[key] - want[key]).max() <= TOL
     assert len(list((tmp_path / "home" / "cache" / "models").iterdir())) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# rollback only goes back (embedded SQLite store: versions created directly in MLflow)
+
+
+def _versions(uri: str, name: str, n: int, tmp_path: Path) -> None:
+    client = client_for(uri)
+    client.create_registered_model(name)
+    for i in range(n):
+        src = tmp_path / f"v{i + 1}"
+        src.mkdir()
+        client.create_model_version(name, str(src))
+
+
+@pytest.mark.integration
+def test_rollback_only_returns_to_an_earlier_champion(sqlite_uri, tmp_path):
+    name = model_name("rollback")
+    _versions(sqlite_uri, name, 3, tmp_path)
+    for v in ("1", "2"):  # v1, then v2 champion; v3 never was (as if the gate refused it)
+        promote(name, v, force=True, reason="setup", tracking_uri=sqlite_uri)
+
+    with pytest.raises(PromotionError, match=r"v3 was never the champion; v3 is newer"):
+        rollback(name, "3", tracking_uri=sqlite_uri)
+    rc, _, err = cli("rollback", name, "--to-version", "3", "--tracking-uri", sqlite_uri)
+    assert rc == 2 and "never the champion" in err and "--force" in err
+    assert len(err.strip().splitlines()) == 1
+    assert alias_version(client_for(sqlite_uri), name, CHAMPION) == "2"
+
+    d = rollback(name, "1", reason="regression", tracking_uri=sqlite_uri)
+    assert d.champion_after == "1" and d.reasons[0].startswith("rolled back from v2")
+    # v2 was champion, but going to it now is forward: that is what `promote` is for.
+    with pytest.raises(PromotionError, match=r"v2 is newer than the champion v1"):
+        rollback(name, "2", tracking_uri=sqlite_uri)
+
+    rc, _, err = cli("rollback", name, "--to-version", "3", "--force", "--tracking-uri", sqlite_uri)
+    assert rc == 2 and "--force needs --reason" in err
+    rc, out, err = cli(
+        "rollback", name, "--to-version", "3", "--force", "--reason", "INC-9 hotfix",
+        "--actor", "bob", "--tracking-uri", sqlite_uri, "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    forced = json.loads(out)
+    assert forced["champion_after"] == "3"
+    assert forced["reasons"][0] == "forced rollback from v1 by bob: INC-9 hotfix"
+    assert any("overridden: v3 was never the champion" in r for r in forced["reasons"])
+    newest = history(name, tracking_uri=sqlite_uri)[0]
+    assert newest["decision"] == "rollback" and newest["reason"] == "INC-9 hotfix"
+    assert any(r.startswith("overridden:") for r in newest["reasons"])
+
+
+def test_metrics_file_of_tipsv2_eval_carries_the_eval_data_version(tmp_path):
+    f = tmp_path / "eval.json"
+    f.write_text(json.dumps({MIOU: 0.3, "eval_data_version": "manifest-sha256:ab"}))
+    metrics, lineage = load_metrics_file(f)
+    assert metrics == {MIOU: 0.3}
+    assert lineage == {"eval_data_version": "manifest-sha256:ab"}

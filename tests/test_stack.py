@@ -303,3 +303,32 @@ def test_stale_pid_file_counts_as_stopped(tmp_path):
     (run / "mlflow.pid").write_text("999999999\n")  # no such process
     st = stack.status(tmp_path)
     assert [s.state for s in st.services] == ["stopped", "stopped"]
+
+
+@pytest.mark.integration
+def test_a_killed_leader_leaves_the_service_running_until_down_stops_its_group(home):
+    """`kill -9` of the pid `status` shows: MLflow's worker keeps answering, so the service
+    still counts as running, `up` starts no second server on its database, and `down`
+    stops the whole group."""
+    ml = stack.status(home).service("mlflow")
+    assert ml.healthy
+    members = stack._session_members(ml.pid)
+    os.kill(ml.pid, signal.SIGKILL)  # the leader only
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{ml.pid}/cmdline").exists() and time.monotonic() < deadline:
+        stat = Path(f"/proc/{ml.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if stat[0] == "Z":
+            break
+        time.sleep(0.1)
+    workers = [m for m in members if m != ml.pid]
+    if not workers:  # a server without worker processes: nothing is left to answer
+        pytest.skip("this MLflow server runs without worker processes")
+    after = stack.status(home).service("mlflow")
+    assert after.running and after.pid == ml.pid
+    rc, out = tipsv2("stack", "--home", str(home), "up")
+    assert rc == 0 and "mlflow  already running" in out, out
+    assert stack._other_mlflow_on(home / "stack" / "mlflow.db") in workers
+    assert stack.down(home)["mlflow"] == "stopped"
+    assert stack._session_members(ml.pid) == []
+    rc, out = tipsv2("stack", "--home", str(home), "up")  # a fresh server, for later tests
+    assert rc == 0 and "mlflow  started" in out, out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import tarfile
@@ -36,12 +37,22 @@ def sets(**extra) -> list[str]:
     return out
 
 
-def run(*args: str) -> dict:
-    """Runs tipsv2 and returns the JSON summary on its last output line."""
+def run(*args: str, stderr: list[str] | None = None) -> dict:
+    """Runs tipsv2 and returns the JSON summary on its last output line (and appends its
+    stderr to `stderr`, when given)."""
     res = subprocess.run([TIPSV2, *args], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    if stderr is not None:
+        stderr.append(res.stderr)
     lines = res.stdout.strip().splitlines()
     return json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+
+
+def dead_tracking_uri() -> str:
+    """A tracking server URI where nothing listens (a port just freed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def test_synth_train_embed_distill(tmp_path):
@@ -49,8 +60,15 @@ def test_synth_train_embed_distill(tmp_path):
     run("data", "synth", "--num-images", "64", "--image-size", "112", "--out", f"file://{data}")
     out = tmp_path / "run"
     train = ["train", "--recipe", "demo", "--data", str(data), "--out", str(out), "--quiet"]
-    summary = run(*train, *sets(stages__0__steps=8))
+    # On Ray, with a tracking server that is down all along: training goes on, and the
+    # driver says what rank 0's tracker could not deliver (its log stays on the worker).
+    err: list[str] = []
+    dead = ["--tracking-uri", dead_tracking_uri()]
+    summary = run(*train, *dead, *sets(stages__0__steps=8), stderr=err)
     assert summary["steps"] == 8 and summary["resumed_from"] == 0
+    assert "could not be reached during the run" in err[0], err[0][-2000:]
+    assert "never reached" in err[0] and "metrics.jsonl holds every value" in err[0]
+    assert "could not end the parent run" in err[0]
     assert {"ibot_loss", "dino_loss", "clip_loss", "loss"} <= set(summary)
     # The same command again resumes from the last checkpoint and has nothing left to do.
     assert run(*train, *sets(stages__0__steps=8))["resumed_from"] == 8
@@ -82,8 +100,12 @@ def test_training_is_tracked_in_mlflow_with_lineage(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
-    (step,) = [r for r in json.loads(listed.stdout) if r["tags"].get("step") == "train"]
+    runs = json.loads(listed.stdout)
+    (step,) = [r for r in runs if r["tags"].get("step") == "train"]
     assert step["status"] == "FINISHED" and step["parent_run_id"]
+    # A standalone run made its parent run, and ended it.
+    (parent,) = [r for r in runs if r["run_id"] == step["parent_run_id"]]
+    assert parent["status"] == "FINISHED"
     assert step["params"]["model.variant"] == "nano14" and step["params"]["stages.0.steps"] == "4"
     assert step["tags"]["data_version"].startswith("manifest-sha256:")
     assert step["tags"]["checkpoint_uri"] == str(out.resolve())

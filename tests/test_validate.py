@@ -63,7 +63,7 @@ def craft(
     card: Callable[[dict], None] | None = None,
     rejects: Rows | None = None,
 ) -> Path:
-    """A copy of `good`'s metadata (no shards: the gate never reads them) with defects.
+    """A copy of `good` (metadata and shards) with defects in its metadata.
 
     `rows` edits the manifest rows, `card` the card in place; `rejects` replaces
     rejected.parquet (None keeps the empty one). The card's counts follow the rows, as a
@@ -73,6 +73,7 @@ def craft(
     d.mkdir(parents=True)
     for name in (MANIFEST_FILE, CARD_FILE, REJECTED_FILE, COMPLETE_FILE):
         shutil.copyfile(good / name, d / name)
+    shutil.copytree(good / "shards", d / "shards")  # the gate opens every shard
     manifest = pq.read_table(d / MANIFEST_FILE).to_pylist()
     if rows is not None:
         manifest = rows(manifest)
@@ -123,7 +124,7 @@ def test_good_dataset_passes_and_writes_the_report(good, tmp_path):
     doc = json.loads((tmp_path / "report" / "validation.json").read_text())
     assert doc["success"] is True and doc["statistics"]["failed"] == 0
     assert doc["dataset_stats"]["num_samples"] == NUM_IMAGES
-    assert set(doc["great_expectations"]) == {"manifest", "classes", "summary"}
+    assert set(doc["great_expectations"]) == {"manifest", "classes", "shards", "summary"}
     assert all(s["success"] for s in doc["great_expectations"].values())
     page = (tmp_path / "report" / "validation.html").read_text()
     assert "PASSED" in page and "expect_column_values_to_be_unique" in page
@@ -388,7 +389,8 @@ def test_cli_passes_and_fails_with_the_failed_expectations(good, tmp_path):
         "--section", "validate", "--out", str(tmp_path / "bad"),
     )  # fmt: skip
     assert rc == 1 and out == ""
-    assert "validation FAILED: 2 of" in err
+    # The key that moved also leaves its shard holding a sample the manifest lost.
+    assert "validation FAILED: 3 of" in err
     assert "expect_column_values_to_be_unique(column='key')" in err and key[0].as_py() in err
     assert "expect_column_values_to_not_be_null(column='caption_long')" in err
     assert key[2].as_py() in err
@@ -421,7 +423,7 @@ def test_console_script_exits_nonzero(good, tmp_path):
 
 
 @pytest.mark.integration
-def test_validate_an_s3_dataset_downloads_only_the_metadata(good, tmp_path, s3_env, monkeypatch):
+def test_validate_an_s3_dataset_reads_its_metadata_and_shards(good, tmp_path, s3_env, monkeypatch):
     # Explicit S3 variables: configure() leaves them (and a fixed tracking URI) alone.
     for key, value in s3_env.items():
         monkeypatch.setenv(key, value)
@@ -437,3 +439,76 @@ def test_validate_an_s3_dataset_downloads_only_the_metadata(good, tmp_path, s3_e
     ]
     with pytest.raises(DatasetError, match="incomplete or missing dataset"):
         validate("s3://tipsv2/datasets/none")
+
+
+# ------------------------------------------------------------------------------ shards
+
+
+def shard_problems(result: ValidationResult) -> dict[str, str]:
+    """{shard: problem} of the failed shards check."""
+    check = failed(result)[("expect_column_values_to_be_in_set", "problem")]
+    return {e["shard"]: e["problem"] for e in check.examples}
+
+
+@pytest.mark.integration
+def test_gate_opens_every_shard_the_manifest_names(good, tmp_path):
+    bad = craft(tmp_path, good)
+    val = sorted((bad / "shards").glob("val-*.tar"))[0]
+    val.unlink()  # a deleted shard
+    train = sorted((bad / "shards").glob("train-*.tar"))[0]
+    data = train.read_bytes()
+    train.write_bytes(data[: len(data) // 2])  # a truncated one
+    result = validate(bad, write=False)
+    assert not result.success
+    problems = shard_problems(result)
+    assert problems[f"shards/{val.name}"].startswith("missing")
+    assert "truncated" in problems[f"shards/{train.name}"]
+    assert result.stats["shards_with_problems"] == 2
+    assert f"shards/{val.name}" in result.message()
+
+
+@pytest.mark.integration
+def test_gate_checks_shard_records_against_the_manifest(good, tmp_path):
+    def rename(rows: Rows) -> Rows:
+        rows[0]["key"] = "not-in-any-shard"
+        return rows
+
+    bad = craft(tmp_path, good, rows=rename)
+    problems = shard_problems(validate(bad, write=False))
+    ((_, problem),) = problems.items()
+    assert "missing not-in-any-shard" in problem and "not in the manifest" in problem
+
+    def elsewhere(rows: Rows) -> Rows:  # the manifest names a shard that is not there
+        rows[0]["shard"] = "shards/train-999999.tar"
+        return rows
+
+    problems = shard_problems(validate(craft(tmp_path / "b", good, rows=elsewhere), write=False))
+    assert problems["shards/train-999999.tar"].startswith("missing")
+
+
+@pytest.mark.integration
+def test_gate_decodes_samples_and_flags_one_caption_for_all(good, tmp_path):
+    import tarfile
+
+    bad = craft(tmp_path, good)
+    shard = sorted((bad / "shards").glob("train-*.tar"))[0]
+    with tarfile.open(shard) as tar:  # rewrite the shard with its first image garbled
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    first_png = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".png"))
+    m, blob = members[first_png]
+    members[first_png] = (m, b"\x89PNG" + bytes(len(blob) - 4))
+    with tarfile.open(shard, "w") as tar:
+        for m, blob in members:
+            tar.addfile(m, io.BytesIO(blob))
+    problems = shard_problems(validate(bad, write=False))
+    assert "undecodable" in problems[f"shards/{shard.name}"]
+
+    def same_caption(rows: Rows) -> Rows:
+        for r in rows:
+            r["caption_long"] = "a picture."
+        return rows
+
+    result = validate(craft(tmp_path / "b", good, rows=same_caption), write=False)
+    check = failed(result)[("expect_column_values_to_be_between", "distinct_caption_long")]
+    assert check.observed == 1 and check.examples[0]["caption"] == "a picture."
+    assert ("expect_column_values_to_be_between", "distinct_alt_text") not in failed(result)

@@ -248,6 +248,7 @@ def validate(cfg: TrainConfig, patch_size: int = 14) -> TrainConfig:
     _check(cfg.run.probe_every >= 0, f"run.probe_every={cfg.run.probe_every} must be >= 0")
     _check(cfg.run.probe_images >= 1, f"run.probe_images={cfg.run.probe_images} must be >= 1")
     _check(0.0 <= cfg.distill.mask_ratio < 1.0, "distill.mask_ratio must be in [0, 1)")
+    _check_ranges(cfg)
     from tipsv2_core.data.caption_sampling import STRATEGIES
 
     _check(
@@ -255,3 +256,66 @@ def validate(cfg: TrainConfig, patch_size: int = 14) -> TrainConfig:
         f"data.caption_strategy={d.caption_strategy!r}: one of {list(STRATEGIES)}",
     )
     return cfg
+
+
+# Sizes and periods used as divisors, shapes or counts: zero would fail deep inside.
+_AT_LEAST_ONE = (
+    "heads.out_dim",
+    "heads.hidden_dim",
+    "heads.bottleneck_dim",
+    "heads.nlayers",
+    "data.text_max_len",
+    "data.tokenizer_vocab",
+    "run.checkpoint_every",
+    "run.keep_checkpoints",
+    "run.log_every",
+)
+_POSITIVE = (
+    "model.init_temperature",
+    "loss.student_temp",
+    "loss.teacher_temp",
+    "loss.warmup_teacher_temp",
+)
+_FRACTION = (
+    "data.flip_p",
+    "optim.warmup_frac",
+    "loss.teacher_temp_warmup_frac",
+    "loss.center_momentum",
+)
+_NON_NEGATIVE = (
+    "loss.clip_weight",
+    "loss.dino_weight",
+    "loss.ibot_weight",
+    "optim.weight_decay",
+    "optim.weight_decay_end",
+    "optim.clip_grad",
+    "distill.patch_weight",
+    "distill.cls_weight",
+    "distill.clip_weight",
+)
+
+
+def _get(cfg: TrainConfig, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Range rules of single fields: each message names the key and the value."""
+    for key in _AT_LEAST_ONE:
+        v = _get(cfg, key)
+        _check(v >= 1, f"{key}={v} must be >= 1")
+    for key in _POSITIVE:
+        v = _get(cfg, key)
+        _check(v > 0, f"{key}={v} must be > 0")
+    for key in _FRACTION:
+        v = _get(cfg, key)
+        _check(0.0 <= v <= 1.0, f"{key}={v} must be in [0, 1]")
+    for key in _NON_NEGATIVE:
+        v = _get(cfg, key)
+        _check(v >= 0, f"{key}={v} must be >= 0")
+    for key in ("data.global_scale", "data.local_scale"):
+        lo, hi = _get(cfg, key)
+        _check(0.0 < lo <= hi <= 1.0, f"{key}=({lo}, {hi}) must satisfy 0 < low <= high <= 1")

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from tipsv2_core.atomic import atomic_file
+from tipsv2_core.finite import check_finite
 from tipsv2_core.models.text import TextEncoder
 from tipsv2_core.models.tips import l2_normalize
 from tipsv2_core.models.vision import VisionTransformer
@@ -29,6 +31,8 @@ def load_image(path: str | os.PathLike, image_size: int) -> torch.Tensor:
             img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
     except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path}: cannot read image ({e})") from None
+    except Image.DecompressionBombError as e:  # a header claiming billions of pixels
+        raise ValueError(f"{path}: refused, a decompression bomb ({e})") from None
     arr = np.asarray(img, dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1)
 
@@ -47,6 +51,10 @@ def embed_images(
     patch_tokens: bool = False,
 ) -> dict[str, np.ndarray]:
     """{'cls1': [N, D], 'cls2': [N, D], ('patch_tokens': [N, h, w, D])} for image files."""
+    if image_size <= 0 or batch_size <= 0:
+        raise ValueError(
+            f"--image-size ({image_size}) and --batch-size ({batch_size}) must be positive"
+        )
     if image_size % model.patch_size:
         raise ValueError(f"--image-size {image_size} is not a multiple of {model.patch_size}")
     model.eval()
@@ -55,6 +63,8 @@ def embed_images(
     for chunk in _batches(list(paths), batch_size):
         images = torch.stack([load_image(p, image_size) for p in chunk]).to(device)
         res = model(images)
+        for name in ("cls1", "cls2", *(("patch_tokens",) if patch_tokens else ())):
+            check_finite(getattr(res, name), f"image embeddings ({name}) of {chunk[0]}…")
         out["cls1"].append(l2_normalize(res.cls1).float().cpu().numpy())
         out["cls2"].append(l2_normalize(res.cls2).float().cpu().numpy())
         if patch_tokens:
@@ -67,12 +77,15 @@ def embed_texts(
     model: TextEncoder, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 64
 ) -> np.ndarray:
     """L2-normalised text embeddings [N, D]."""
+    if batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
     model.eval()
     device = next(model.parameters()).device
     rows = []
     for chunk in _batches(list(texts), batch_size):
         ids, paddings = tokenizer(chunk)
         emb = model(torch.from_numpy(ids).to(device), torch.from_numpy(paddings).to(device))
+        check_finite(emb, f"text embeddings of {chunk[0]!r}…")
         rows.append(l2_normalize(emb).float().cpu().numpy())
     return np.concatenate(rows)
 
@@ -82,12 +95,12 @@ def save_embeddings(
 ) -> Path:
     """Writes embeddings as `.npz` (arrays + `inputs`) or `.json` (nested lists)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".npz":
-        np.savez(path, inputs=np.asarray(list(inputs), dtype=str), **arrays)
-    elif path.suffix == ".json":
-        doc = {"inputs": list(inputs), **{k: v.tolist() for k, v in arrays.items()}}
-        path.write_text(json.dumps(doc))
-    else:
+    if path.suffix not in (".npz", ".json"):
         raise ValueError(f"{path}: output must end in .npz or .json")
+    with atomic_file(path) as tmp:  # a failed write leaves no half-written file
+        if path.suffix == ".npz":
+            np.savez(tmp, inputs=np.asarray(list(inputs), dtype=str), **arrays)
+        else:
+            doc = {"inputs": list(inputs), **{k: v.tolist() for k, v in arrays.items()}}
+            tmp.write_text(json.dumps(doc))
     return path

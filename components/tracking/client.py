@@ -3,6 +3,7 @@ experiments, and the parent run that groups the steps of a pipeline run."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from components.settings import configure
 from components.tracking.tags import DEFAULT_EXPERIMENT, TAG_KIND, TAG_PIPELINE_RUN_ID
+from tipsv2_core.errors import UserError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -32,6 +34,33 @@ def client_for(tracking_uri: str | None = None) -> MlflowClient:
 
     uri = resolve_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+CONNECT_TIMEOUT_S = 5.0  # how long a command waits for a tracking server to answer at all
+
+
+class TrackingUnavailable(UserError, ConnectionError):
+    """The tracking server does not answer; the message names it and what to do."""
+
+
+def require_reachable(tracking_uri: str | None = None, timeout: float = CONNECT_TIMEOUT_S) -> str:
+    """The resolved tracking URI, after checking that a tracking server answers its
+    health check within `timeout` seconds (local stores always do).
+
+    Without it MLflow's client retries a dead server for minutes and then fails with a
+    traceback; a command that needs the server fails at once with one line instead.
+    """
+    from components.settings import is_healthy, mlflow_health_url
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if is_http_uri(uri) and not is_healthy(mlflow_health_url(uri), timeout=timeout):
+        safe = re.sub(r"//[^/@]*@", "//", uri)  # never print credentials
+        raise TrackingUnavailable(
+            f"tracking server {safe} does not answer its health check (timeout "
+            f"{timeout:g} s); start it "
+            "(`tipsv2 stack up`) or pass another --tracking-uri"
+        )
+    return uri
 
 
 def is_http_uri(uri: str) -> bool:

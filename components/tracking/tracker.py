@@ -285,6 +285,21 @@ class Tracker:
             )
         return delivered
 
+    def outcome(self, delivered: bool) -> dict[str, Any]:
+        """What happened to the run, JSON-ready: for a process that did not see this
+        tracker's warnings (a Ray worker's logs stay on the worker) to repeat them."""
+        from dataclasses import asdict
+
+        with self._lock:
+            left = len(self._buffer)
+        return {
+            "run_id": self.run_id,
+            "tracking_uri": self._safe_uri(),
+            "delivered": delivered,
+            "undelivered_values": left,
+            **asdict(self.stats),
+        }
+
     def _close_at_exit(self) -> None:
         self.close_timeout_s = min(self.close_timeout_s, 5.0)  # do not hang an exit
         self.close("FINISHED")
@@ -562,6 +577,11 @@ def _nested_get(tree: Any, path: Sequence[str]) -> Any:
             return None
         tree = tree[key]
     return tree
+
+
+def new_pipeline_run_id() -> str:
+    """A fresh pipeline run id for a step that runs on its own."""
+    return _new_run_id()
 
 
 def _new_run_id() -> str:

@@ -66,14 +66,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from tipsv2_core.errors import CheckpointError
+    """Runs one command; a user error is one line on stderr naming the thing, exit 2.
 
+    User errors are ValueError (bad values, files, configs; the library's own errors
+    derive from it), OSError from files and sockets (missing, unwritable, a full disk,
+    refused connections) and the services' errors marked UserError. Anything else is a
+    bug and keeps its traceback. Ctrl-C ends with one line and exit 130.
+    """
+    args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "needs_tracking", False):
+            from pipelines.cli.common import check_tracking
+
+            check_tracking(args.tracking_uri)
         return int(args.handler(args) or 0)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"tipsv2 {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"tipsv2 {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = user_error(e)
+        if message is None:
+            raise
+        print(f"tipsv2 {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one-line message of a user error, None for anything else (a bug)."""
+    from tipsv2_core.errors import UserError
+
+    if isinstance(e, OSError) and not isinstance(e, UserError) and e.strerror:
+        where = e.filename if e.filename is not None else ""
+        text = f"{where}: {e.strerror}" if where else e.strerror
+    elif isinstance(e, ValueError | OSError | UserError):
+        text = str(e) or type(e).__name__
+    else:
+        return None
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

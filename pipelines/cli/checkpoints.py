@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("src")
     conv.add_argument("dst")
     conv.add_argument("--variant", default=None, help="expected variant (inferred if omitted)")
+    conv.add_argument("--force", action="store_true", help="replace an existing DST")
     conv.set_defaults(handler=run_convert)
 
     model = sub.add_parser("model", help="create or inspect model checkpoints")
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument(
         "--pos-grid", type=int, default=None, help="position grid G (default: variant's)"
     )
+    init.add_argument("--force", action="store_true", help="replace --out even if it is not empty")
     init.set_defaults(handler=run_init)
 
     info = ops.add_parser("info", help="print a checkpoint's variant, sizes and metadata")
@@ -43,15 +45,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from tipsv2_core.atomic import OutputExistsError, check_replaceable
     from tipsv2_core.models.io import is_native, load_model, official_pair, save_model
     from tipsv2_core.models.official import export_official
 
     if is_native(args.src):
         vision, text = official_pair(args.dst)
+        for file in (vision, text):
+            if file.exists() and not (args.force and file.is_file()):
+                what = "a directory" if file.is_dir() else "exists"
+                raise OutputExistsError(
+                    f"{file}: {what}; refusing to replace it"
+                    + ("" if file.is_dir() else " (--force replaces it)")
+                )
         export_official(load_model(args.src, args.variant), vision, text)
         print(f"wrote {vision} and {text}")
     else:
         vision, text = official_pair(args.src)
+        check_replaceable(args.dst, force=args.force, what="checkpoint")
         model = load_model(args.src, args.variant)
         save_model(model, args.dst, {"source": {"vision": vision.name, "text": text.name}})
         print(f"wrote {args.dst} (variant {model.variant.name}, grid {model.vision.cfg.pos_grid})")
@@ -61,9 +72,11 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_init(args: argparse.Namespace) -> int:
     import torch
 
+    from tipsv2_core.atomic import check_replaceable
     from tipsv2_core.models.io import save_model
     from tipsv2_core.models.tips import TIPSModel
 
+    check_replaceable(args.out, force=args.force, what="checkpoint")
     torch.manual_seed(args.seed)
     model = TIPSModel(args.variant, pos_grid=args.pos_grid)
     save_model(model, args.out, {"step": 0, "seed": args.seed, "source": "random-init"})

@@ -25,7 +25,24 @@ def tracking_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     add_tracking_uri(common)
     common.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    common.set_defaults(needs_tracking=True)  # main() checks the server answers first
     return common
+
+
+# MLflow's client retries a dead server for minutes by default; a command someone waits
+# on gives up sooner (each still overridable in the environment).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+def check_tracking(tracking_uri: str | None) -> None:
+    """Fails at once, in one line, when the tracking server does not answer."""
+    import os
+
+    from components.tracking.client import require_reachable
+
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    require_reachable(tracking_uri)
 
 
 def cell(value: Any, limit: int | None = MAX_CELL) -> str:

@@ -67,7 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--save-predictions", default=None, metavar="DIR", help="label PNG + overlay per image"
     )
-    p.add_argument("--output", default=None, help="also write the metrics JSON here")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="also write the metrics JSON here, with the dataset's version as "
+        "`eval_data_version` (what `tipsv2 models register` and the promotion gate compare)",
+    )
     p.add_argument(
         "--report", default=None, metavar="HTML", help="write a self-contained HTML report"
     )
@@ -158,7 +163,23 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     doc = json.dumps(metrics, indent=2, sort_keys=True)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(doc + "\n")
+        write_output(args.output, metrics, args.dataset)
     print(doc)
     return 0
+
+
+def write_output(path: str, metrics: dict[str, float], dataset: str) -> None:
+    """The metrics file: {name: value} plus `eval_data_version`, the version of the data
+    they were measured on (its DVC md5, else its manifest's hash; absent for layouts
+    without a manifest), so two models evaluated on the same data can be compared."""
+    from components.tracking.tags import TAG_EVAL_DATA_VERSION
+    from components.versioning import data_version
+
+    doc: dict[str, object] = dict(metrics)
+    version = data_version(dataset, missing_ok=True) if Path(dataset).is_dir() else ""
+    if version:
+        doc[TAG_EVAL_DATA_VERSION] = version
+    from tipsv2_core.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")

@@ -26,7 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--checkpoint", required=True, help="native checkpoint directory or official npz pair"
     )
     p.add_argument("--variant", default=None, help="expected variant (inferred if omitted)")
-    p.add_argument("--out", required=True, help="export directory to write (replaced atomically)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="export directory to write; must be empty or missing unless --force",
+    )
+    p.add_argument("--force", action="store_true", help="replace --out even if it is not empty")
     p.add_argument("--fp16", action="store_true", help="also write float16 graphs (*.fp16.onnx)")
     p.add_argument(
         "--int8", action="store_true", help="also write int8 dynamically quantised graphs"
@@ -74,6 +79,7 @@ def _tokenizer(checkpoint: str, given: str | None) -> str | None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from tipsv2_core.atomic import check_replaceable
     from tipsv2_core.export import (
         DEFAULT_IMAGE_SIZES,
         GRAPH_NAMES,
@@ -83,6 +89,7 @@ def run_export(args: argparse.Namespace) -> int:
         export_checkpoint,
     )
 
+    check_replaceable(args.out, force=args.force, what="export")
     graphs = [g for g in GRAPH_NAMES if not (args.no_values and g == IMAGE_VALUES)]
     try:
         result = export_checkpoint(

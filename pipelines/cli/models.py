@@ -133,11 +133,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     rb = sub.add_parser(
         "rollback",
         parents=[common],
-        help="move `champion` back to an earlier version (recorded in the history)",
+        help="move `champion` back to an earlier champion (recorded in the history)",
+        description=(
+            "Move `champion` back to a version that was champion before and is older than "
+            "the current one. Any other version needs --force with --reason; the history "
+            "records the override."
+        ),
     )
     rb.add_argument("name", metavar="NAME")
     rb.add_argument("--to-version", required=True, help="the version to make champion again")
-    rb.add_argument("--reason", default=None, help="why")
+    rb.add_argument("--reason", default=None, help="why (required with --force)")
+    rb.add_argument(
+        "--force",
+        action="store_true",
+        help="move `champion` to a version that was never champion, or forward (recorded)",
+    )
     rb.add_argument("--actor", default=None, help="who (default $TIPSV2_ACTOR or login name)")
     rb.set_defaults(handler=run_rollback)
 
@@ -294,10 +304,13 @@ def run_promote(args: argparse.Namespace) -> int:
 def run_rollback(args: argparse.Namespace) -> int:
     from components.promote import rollback
 
+    if args.force and not args.reason:
+        raise ValueError("--force needs --reason")
     with _stdout_to_stderr():
         decision = rollback(
             args.name,
             args.to_version,
+            force=args.force,
             reason=args.reason,
             actor=args.actor,
             tracking_uri=args.tracking_uri,

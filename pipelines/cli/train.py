@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 from pathlib import Path
 
 from pipelines.cli.common import add_tracking_uri
@@ -60,6 +61,12 @@ def _common(p: argparse.ArgumentParser, default_recipe: str) -> None:
     )
     p.add_argument(
         "--no-resume", action="store_true", help="start over even if --out has checkpoints"
+    )
+    p.add_argument(
+        "--accept-changes",
+        action="store_true",
+        help="resume although the config or data version differ from the checkpoint's "
+        "(never a change of model shapes); the changes are printed",
     )
     p.add_argument(
         "--dry-run", action="store_true", help="print sizes, FLOPs and memory; train nothing"
@@ -148,14 +155,42 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError("--data and --out are required (or use --dry-run)")
     if args.distill and not cfg.distill.teacher:
         raise ValueError("--teacher is required for distillation")
+    from components.tracking.tags import PIPELINE_RUN_ID_ENV
+
     out = strip_file_scheme(args.out)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"{out}: is a file, not a run directory")
+    from tipsv2_core.runlock import run_lock
+
+    with run_lock(out, "distillation" if args.distill else "training"):
+        tracking = _tracking(args)
+        # A standalone run is a pipeline of one step: it makes the parent run, so it ends
+        # it too (a pipeline's orchestrator ends its own, named by $TIPSV2_PIPELINE_RUN_ID).
+        owns_parent = bool(tracking) and not os.environ.get(PIPELINE_RUN_ID_ENV)
+        status = "FAILED"
+        try:
+            rc = _train_locked(args, cfg, out, tracking)
+            status = "FINISHED"
+            return rc
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            if owns_parent:
+                _end_own_parent(tracking, status)
+
+
+def _train_locked(args: argparse.Namespace, cfg, out: str, tracking: dict) -> int:
+    """The run itself, while this process holds the run directory's lock."""
+    if not args.no_resume:
+        _check_resume(Path(out), cfg, args.accept_changes)
     if args.no_ray:
         from tipsv2_core.train.runs import distill, pretrain
 
         run = distill if args.distill else pretrain
         with contextlib.ExitStack() as stack:
             hooks = {}
-            if tracking := _tracking(args):
+            if tracking:
                 from components.tracking import Tracker
 
                 tracker = stack.enter_context(Tracker(**tracking))
@@ -169,8 +204,43 @@ def run_train(args: argparse.Namespace) -> int:
         print(json.dumps({"out": str(run_dir), "final": str(run_dir / "final"), **summary,
                           **last_losses(result.history)}))  # fmt: skip
     else:
-        print(json.dumps(_run_on_ray(args, cfg, out)))
+        print(json.dumps(_run_on_ray(args, cfg, out, tracking)))
     return 0
+
+
+def _check_resume(out: Path, cfg, accept: bool) -> None:
+    """Refuses to resume `out` with other settings than its latest checkpoint's."""
+    import sys
+
+    from tipsv2_core.train.checkpointing import latest_checkpoint
+    from tipsv2_core.train.resume import check_resume
+
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return
+    changes = check_resume(ckpt, cfg, accept=accept)
+    if changes:
+        said = "; ".join(c.describe() for c in changes)
+        print(f"tipsv2: resuming {ckpt} with accepted changes: {said}", file=sys.stderr)
+
+
+def _end_own_parent(tracking: dict, status: str) -> None:
+    """Ends the parent run a standalone training created; a warning if tracking is down."""
+    import sys
+
+    from components.tracking import end_pipeline_run
+    from components.tracking.client import require_reachable
+
+    try:
+        require_reachable(tracking["tracking_uri"])
+        end_pipeline_run(
+            tracking["pipeline_run_id"],
+            status,
+            experiment=tracking["experiment"],
+            tracking_uri=tracking["tracking_uri"],
+        )
+    except Exception as e:  # the model is trained; a tracking outage must not undo that
+        print(f"tracking: could not end the parent run: {str(e)[:200]}", file=sys.stderr)
 
 
 def _tracking(args: argparse.Namespace) -> dict:
@@ -180,9 +250,12 @@ def _tracking(args: argparse.Namespace) -> dict:
         return {}
     from components.settings import configure
     from components.tracking import resolve_tracking_uri
+    from components.tracking.tags import PIPELINE_RUN_ID_ENV
+    from components.tracking.tracker import new_pipeline_run_id
 
     configure()
     return {
+        "pipeline_run_id": os.environ.get(PIPELINE_RUN_ID_ENV) or new_pipeline_run_id(),
         "step": "distill" if args.distill else "train",
         "experiment": args.experiment,
         "tracking_uri": resolve_tracking_uri(args.tracking_uri),
@@ -190,10 +263,10 @@ def _tracking(args: argparse.Namespace) -> dict:
     }
 
 
-def _run_on_ray(args: argparse.Namespace, cfg, out: str) -> dict:
+def _run_on_ray(args: argparse.Namespace, cfg, out: str, tracking: dict) -> dict:
     import sys
 
-    from components.ray_train import RayTrainSpec, run_summary, train_on_ray
+    from components.ray_train import RayTrainSpec, run_summary, tracking_warnings, train_on_ray
     from tipsv2_core.train.checkpointing import latest_checkpoint
 
     if args.no_resume and latest_checkpoint(Path(out)) is not None:
@@ -210,9 +283,11 @@ def _run_on_ray(args: argparse.Namespace, cfg, out: str) -> dict:
         storage=args.storage,
         max_failures=args.max_failures,
         run_name=args.run_name,
-        tracking=_tracking(args),
+        tracking=tracking,
     )
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     kind = "distill" if args.distill else "pretrain"
     result = train_on_ray(cfg, out, kind, spec, progress=not args.quiet, on_event=say)
+    for line in tracking_warnings(result.tracking):  # the worker's log stays on the worker
+        print(line, file=sys.stderr)
     return run_summary(result, args.workers)

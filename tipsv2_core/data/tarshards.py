@@ -283,6 +283,11 @@ def _groups(path: Path, shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, files
 
 
+# Public names for readers that inspect shards without iterating them (the validation gate).
+decode_sample = _decode
+member_key = _split_name
+
+
 def read_shard(
     shard: str | os.PathLike, on_error: OnError = "raise", name: str | None = None
 ) -> Iterator[Sample]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tipsv2_core.eval.datasets import IGNORE_INDEX
+from tipsv2_core.finite import check_finite
 
 # --------------------------------------------------------------------------- segmentation
 
@@ -140,6 +141,8 @@ def retrieval_recalls(
     Similarities are computed in chunks of `chunk` queries, so N×T never sits in memory
     at once.
     """
+    check_finite(image_emb, "retrieval image embeddings")
+    check_finite(text_emb, "retrieval text embeddings")
     text_to_image = text_to_image.to(image_emb.device)
     i2t = torch.cat(
         [
@@ -173,6 +176,7 @@ def topk_accuracy(
     The rank of the true class is the number of other classes scoring ≥ it (ties count
     against). With k ≥ C every sample is correct.
     """
+    check_finite(scores, "classification scores")
     labels = labels.to(scores.device).long()
     true = scores.gather(1, labels[:, None])
     ranks = (scores >= true).sum(dim=1) - 1
@@ -195,6 +199,8 @@ def knn_scores(
     training samples (k is clipped to M) and each neighbour votes for its class with weight
     exp(sim / temperature). Feed the votes to `topk_accuracy`.
     """
+    check_finite(train_features, "kNN training features")
+    check_finite(test_features, "kNN test features")
     train = F.normalize(train_features.float(), dim=-1)
     test = F.normalize(test_features.float(), dim=-1)
     train_labels = train_labels.to(train.device).long()

@@ -38,6 +38,7 @@ from tipsv2_core.eval._common import (
 from tipsv2_core.eval.datasets import IGNORE_INDEX, SegDataset, SegSample
 from tipsv2_core.eval.metrics import miou, new_confusion, pixel_accuracy, update_confusion
 from tipsv2_core.eval.prompts import TCL_TEMPLATES, class_text_embeddings
+from tipsv2_core.finite import check_finite
 from tipsv2_core.models.tips import TIPSModel, l2_normalize
 from tipsv2_core.text.tokenizer import Tokenizer
 
@@ -160,6 +161,7 @@ def upsample_argmax(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     Classes are upsampled in chunks with a running maximum, which equals the argmax of
     the full upsampled tensor (first maximum wins) without holding C × h × w at once.
     """
+    check_finite(scores, "segmentation scores")
     if tuple(scores.shape[-2:]) == tuple(size):
         return scores.argmax(dim=0)
     chunk = max(1, _UPSAMPLE_ELEMS // (size[0] * size[1]))

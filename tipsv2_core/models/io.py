@@ -44,7 +44,14 @@ def load_native(path: str | os.PathLike, variant: str | None = None) -> TIPSMode
     model = TIPSModel(name, pos_grid=meta.get("pos_grid"))
     if "temperature" in tensors:
         model.temperature = torch.nn.Parameter(torch.empty_like(tensors["temperature"]))
-    result = model.load_state_dict(tensors, strict=False)
+    try:
+        result = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # shapes that do not fit: meta.json and the weights disagree
+        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+        raise CheckpointError(
+            f"{path}: the weights do not fit the variant {name!r} that meta.json names "
+            f"({first.strip()})"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path}: does not fit variant {name!r}: missing {result.missing_keys[:5]}, "

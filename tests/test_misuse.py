@@ -1,0 +1,147 @@
+"""The misuse table: every command on every kind of bad input ends in one line naming the
+thing, exit code 2, and nothing half-written — never a traceback.
+
+Each case is (command line, text the error must contain, paths that must be untouched
+or absent afterwards). The commands run in this process through the real parser and
+handlers (`pipelines.cli.main`), as `tipsv2` would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.cli import main
+
+pytestmark = pytest.mark.unit
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width × height pixels and holds none: a decompression bomb's
+    header (what an image decoder sizes its buffers by)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> dict[str, Path]:
+    """A workspace: a checkpoint, images good and bad, a file, a folder with content."""
+    d = tmp_path_factory.mktemp("misuse")
+    assert main(["model", "init", "--variant", "nano14", "--out", str(d / "ckpt")]) == 0
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(d / "ok.png")
+    (d / "bomb.png").write_bytes(_png_header(60000, 60000))
+    (d / "notes.txt").write_text("keep me")
+    (d / "work").mkdir()
+    (d / "work" / "results.csv").write_text("a,b\n1,2\n")
+    (d / "out.npz").mkdir()  # an output name taken by a folder
+    # A checkpoint whose meta.json names another variant than its weights are.
+    shutil.copytree(d / "ckpt", d / "liar")
+    meta = json.loads((d / "liar" / "meta.json").read_text())
+    (d / "liar" / "meta.json").write_text(json.dumps({**meta, "variant": "ti14"}))
+    return {k: d / k for k in ("ckpt", "ok.png", "bomb.png", "notes.txt", "work", "liar")} | {
+        "root": d,
+        "dir.npz": d / "out.npz",
+    }
+
+
+def _dead_server() -> str:
+    """A tracking URI where nothing listens (a port just freed)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://user:hunter2@127.0.0.1:{port}"
+
+
+def _embed(ws, *extra: str, image: str = "ok.png", ckpt: str = "ckpt") -> list[str]:
+    return ["embed", "image", "--checkpoint", str(ws[ckpt]), "--image-size", "112",
+            str(ws[image]), *extra]  # fmt: skip
+
+
+DRY = ["train", "--dry-run", "--set"]
+
+# (case id, argv builder, text the one line must contain, keys of ws that must be intact)
+CASES = [
+    ("init-out-file", lambda ws: ["model", "init", "--variant", "nano14", "--out",
+                                  str(ws["notes.txt"])], "is a file", ["notes.txt"]),
+    ("init-out-full", lambda ws: ["model", "init", "--variant", "nano14", "--out",
+                                  str(ws["work"])], "not empty", ["work"]),
+    ("export-out-full", lambda ws: ["export", "--checkpoint", str(ws["ckpt"]), "--out",
+                                    str(ws["work"])], "not empty", ["work"]),
+    ("export-out-file", lambda ws: ["export", "--checkpoint", str(ws["ckpt"]), "--out",
+                                    str(ws["notes.txt"])], "is a file", ["notes.txt"]),
+    ("synth-out-file", lambda ws: ["data", "synth", "--num-images", "2", "--out",
+                                   str(ws["notes.txt"])], "not a dataset", ["notes.txt"]),
+    ("synth-zero", lambda ws: ["data", "synth", "--num-images", "0", "--out",
+                               str(ws["root"] / "never")], "num_images=0", []),
+    ("train-out-file", lambda ws: ["train", "--data", str(ws["work"]), "--out",
+                                   str(ws["notes.txt"]), "--no-ray", "--no-track"],
+     "is a file, not a run directory", ["notes.txt"]),
+    ("set-zero-steps", lambda ws: [*DRY, "stages.0.steps=0"], "stages.0.steps", []),
+    ("set-zero-heads", lambda ws: [*DRY, "heads.out_dim=0"], "heads.out_dim=0", []),
+    ("set-zero-log", lambda ws: [*DRY, "run.log_every=0"], "run.log_every=0", []),
+    ("set-zero-ckpt", lambda ws: [*DRY, "run.checkpoint_every=0"], "run.checkpoint_every", []),
+    ("set-mask-ratio", lambda ws: [*DRY, "data.mask_ratio=1.5"], "data.mask_ratio=1.5", []),
+    ("set-negative-lr", lambda ws: [*DRY, "optim.lr=-1"], "optim.lr", []),
+    ("set-temperature", lambda ws: [*DRY, "loss.teacher_temp=0"], "loss.teacher_temp=0", []),
+    ("set-scale", lambda ws: [*DRY, "data.local_scale=[0.5,0.1]"], "data.local_scale", []),
+    ("set-unknown-key", lambda ws: [*DRY, "optim.learning_rate=1"], "optim.learning_rate", []),
+    ("embed-bomb", lambda ws: _embed(ws, "--output", str(ws["root"] / "b.npz"), image="bomb.png"),
+     "decompression bomb", []),
+    ("embed-output-under-file", lambda ws: _embed(ws, "--output", str(ws["notes.txt"] / "e.npz")),
+     "notes.txt", ["notes.txt"]),
+    ("embed-output-is-dir", lambda ws: _embed(ws, "--output", str(ws["dir.npz"])),
+     "is a directory", []),
+    ("embed-zero-batch", lambda ws: _embed(ws, "--batch-size", "0", "--output",
+                                           str(ws["root"] / "z.npz")), "--batch-size", []),
+    ("embed-meta-disagrees", lambda ws: _embed(ws, "--output", str(ws["root"] / "m.npz"),
+                                               ckpt="liar"), "do not fit the variant 'ti14'", []),
+    ("runs-list-dead-server", lambda ws: ["runs", "list", "--tracking-uri", _dead_server()],
+     "does not answer", []),
+    ("promote-dead-server", lambda ws: ["promote", "m", "--version", "1", "--tracking-uri",
+                                        _dead_server()], "does not answer", []),
+    ("rollback-dead-server", lambda ws: ["rollback", "m", "--to-version", "1", "--tracking-uri",
+                                         _dead_server()], "does not answer", []),
+    ("eval-output-under-file", lambda ws: ["eval", "--checkpoint", str(ws["ckpt"]), "--dataset",
+                                           str(ws["work"]), "--output",
+                                           str(ws["notes.txt"] / "m.json")], "work", ["notes.txt"]),
+]  # fmt: skip
+
+
+def _snapshot(path: Path) -> object:
+    if path.is_dir():
+        return sorted((p.relative_to(path).as_posix(), p.read_bytes()) for p in path.rglob("*")
+                      if p.is_file())  # fmt: skip
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says", "intact"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_misuse_is_one_line_exit_2_nothing_written(capsys, ws, argv, says, intact):
+    before = {k: _snapshot(ws[k]) for k in intact}
+    entries = {p.name for p in ws["root"].iterdir()}
+    args = argv(ws)
+    rc = main(args)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == 2, (args, out, err)
+    assert len(lines) == 1 and lines[0].startswith(f"tipsv2 {args[0]}: error: "), err
+    assert says in lines[0], lines[0]
+    assert "Traceback" not in err and "hunter2" not in err
+    assert {k: _snapshot(ws[k]) for k in intact} == before
+    assert {p.name for p in ws["root"].iterdir()} == entries  # nothing new, no leftovers
