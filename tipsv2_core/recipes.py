@@ -35,16 +35,10 @@ def demo() -> TrainConfig:
     the class words are learnt only after a plateau of ~350 steps (CLS zero-shot class
     accuracy at chance until then, 32–36 % at step 600 with a learning rate of 5e-4 or
     1e-3), hence 600 steps. The run is probed every 100 steps (learning curves).
-
-    τ starts at 0.1, not CLIP's 0.07: from 0.07 the learnt temperature climbed to ~0.13
-    within the run anyway, and on the same data and seed starting at 0.1 lifted the final
-    retrieval R@1 on the val split from 2.0 / 2.5 % (I→T / T→I) to 16.3 / 21.3 %
-    (chance 0.5 %); CLIP alone escapes its plateau ~100 steps sooner from 0.1 than from a
-    fixed 0.05 (README, "Learning dense alignment").
     """
     return TrainConfig(
         recipe="demo",
-        model=ModelCfg(variant="nano14", init_temperature=0.1),
+        model=ModelCfg(variant="nano14"),
         heads=HeadCfg(out_dim=1024, hidden_dim=256, bottleneck_dim=64),
         data=DataCfg(num_local=4, text_max_len=48, tokenizer_vocab=1000, workers=2),
         loss=LossCfg(clip_weight=4.0, ssl_warmup_frac=0.3),
