@@ -85,6 +85,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
+RECORD_FILE = "lineage.json"  # components.reproduce.record, an artifact of the run
 LOGGED_MODEL_NAME = "model"
 EXPORT_ARTIFACTS = "export"  # folder of the logged model that holds the export directory
 CHAMPION = "champion"
@@ -426,6 +427,22 @@ def _lineage(
     }
 
 
+def _lineage_record(
+    meta: Mapping[str, Any], checkpoint_uri: str | None, eval_settings: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The reproduction record of the export's source checkpoint (None: not a native one)."""
+    from components.reproduce.record import capture
+    from components.tracking.lineage import git_dirty
+
+    source = checkpoint_uri or str(meta.get("source_checkpoint") or "")
+    if not source or "://" in source:
+        return None
+    # The registering checkout's state stands for the trainer's when it is the same commit.
+    src_sha = (meta.get("source_meta") or {}).get("git_sha")
+    dirty = git_dirty() if src_sha and src_sha == code_git_sha() else None
+    return capture(source, eval_settings=eval_settings, git_dirty=dirty)
+
+
 def _defined(tags: Mapping[str, str]) -> dict[str, str]:
     return {k: (v or UNKNOWN)[:MAX_TAG_VALUE] for k, v in tags.items()}
 
@@ -444,6 +461,7 @@ def register_export(
     experiment: str = DEFAULT_EXPERIMENT,
     alias: str | None = CHALLENGER,
     tags: Mapping[str, str] | None = None,
+    eval_settings: Mapping[str, Any] | None = None,
 ) -> RegisteredVersion:
     """Logs the export at `export_dir` in MLflow and registers it as a new version of `name`.
 
@@ -455,6 +473,12 @@ def register_export(
     `$TIPSV2_PIPELINE_RUN_ID` / `$TIPSV2_DATA_VERSION`. alias: moved to the new version
     (None: no alias). An export whose parity failed is still registered, with
     `parity_passed=false`, so the record exists; the gate refuses to promote it.
+    eval_settings: how the metrics were measured (`tasks`, `limit`, `image_size`,
+    `eval_size`), kept in the lineage record so that `tipsv2 reproduce` measures alike.
+
+    The run also holds `lineage.json` (components.reproduce.record): the source
+    checkpoint's resolved config, commit, dataset and final losses, captured now while
+    the checkpoint is at hand, so that the registry entry alone suffices to re-run it.
     """
     import mlflow
     import onnx
@@ -533,6 +557,9 @@ def register_export(
                 tags={**lineage, TAG_VARIANT: described[TAG_VARIANT]},
             )
             client.log_model_artifacts(info.model_id, str(export_dir), EXPORT_ARTIFACTS)
+            record = _lineage_record(meta, checkpoint_uri, eval_settings)
+            if record is not None:
+                mlflow.log_dict(record, RECORD_FILE)
             # Logged with the model id: the values show on the run and on the logged model.
             mlflow.log_metrics({**values, **parity_metrics}, model_id=info.model_id)
             version_tags = {
