@@ -8,6 +8,7 @@ tier runs `tipsv2 run --smoke` through the real console script.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -718,3 +719,14 @@ def test_tipsv2_run_with_bad_data_stops_at_the_gate_and_trains_nothing(e2e_home)
         [exp.experiment_id], "tags.tipsv2_kind = 'pipeline' and tags.pipeline_state = 'FAILED'"
     )
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
+
+
+def test_run_log_shows_a_long_steps_progress_lines(tmp_path):
+    console = io.StringIO()
+    with (tmp_path / "run.log").open("w") as log:
+        rl = RunLog(log, console)
+        rl.write("Executing task 'pretrain'\n")
+        rl.write("[progress] pretrain nano14: step 2/4 (50%) loss 3.1000 9.0 img/s ETA 4s\n")
+    assert "pretrain nano14: step 2/4 (50%) loss 3.1000 9.0 img/s ETA 4s" in console.getvalue()
+    assert "[progress] pretrain nano14" in (tmp_path / "run.log").read_text()
+    assert [s.name for s in rl.steps] == ["pretrain"]

@@ -64,6 +64,7 @@ def train_model(
     with its inputs staged under `shared_dir`, a folder every Ray node mounts
     (components.ray_jobs).
     """
+    from components.progress import ProgressReporter
     from components.ray_train import RayTrainSpec, train_on_ray
     from tipsv2_core.config import apply_overrides, validate
     from tipsv2_core.recipes import get_recipe
@@ -140,8 +141,13 @@ def train_model(
         tracking=tracking,
     )
     status = "FAILED"
+    run_dir = Path(strip_file_scheme(out))
+    label = f"{kind} {cfg.model.variant}"
     try:
-        result = train_on_ray(cfg, strip_file_scheme(out), kind, spec)  # type: ignore[arg-type]
+        # Ray workers' output never reaches this step's log: the progress comes from the
+        # run's metrics.jsonl, tailed here (components.progress).
+        with ProgressReporter(run_dir / "metrics.jsonl", cfg.total_steps, label):
+            result = train_on_ray(cfg, str(run_dir), kind, spec)  # type: ignore[arg-type]
         status = "FINISHED"
     finally:
         if group:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from components.progress import PREFIX as PROGRESS_PREFIX
+
 # What `--smoke` changes: tiny data, a few steps, small evaluation and export sizes; the
 # whole DAG in a few minutes on 2 cores (CI's end-to-end check).
 SMOKE = {
@@ -36,7 +38,8 @@ SMOKE = {
     "eval_limit": 8,
     "eval_image_size": 112,
     "export_image_size": 112,
-    "train_overrides": ["data.workers=0"],
+    # A row every step: the progress lines and MLflow's charts get more than one point.
+    "train_overrides": ["data.workers=0", "run.log_every=1"],
 }
 LOCAL_IMAGE = "local"  # SubprocessRunner ignores the image; lineage says "local"
 # `tipsv2 run --containers`: where the image keeps its home (infra/docker/Dockerfile's
@@ -369,7 +372,10 @@ class RunLog:
 
     def _line(self, line: str) -> None:
         now = time.time()
-        if m := _START.search(line):
+        if (at := line.find(PROGRESS_PREFIX)) >= 0:
+            # A long step's progress (components.progress): already one every few seconds.
+            self._say("  " + line[at + len(PROGRESS_PREFIX) :].strip())
+        elif m := _START.search(line):
             rec = self._open(m.group(1))
             rec.start = now
             self._say(f"{rec.name} ...")
