@@ -262,6 +262,7 @@ def evaluate(
         pipeline_run_id=pipeline_run_id,
         version=str(model.metadata.get("data_version", "")),
         experiment=experiment,
+        training_group=str(model.metadata.get("mlflow_pipeline_run_id", "")),
     )
     for name, value in doc["metrics"].items():
         metrics.log_metric(name, value)
@@ -359,13 +360,19 @@ def promote_model(model_name: str, model_version: str, primary_metric: str, rule
     return promote(model_name, model_version, primary_metric, rules)["action"]
 
 
-def finish_run(status: dsl.PipelineTaskFinalStatus, pipeline_run_id: str, experiment: str):
-    """The exit task: records the run's final state on its MLflow parent run."""
+def finish_run(
+    status: dsl.PipelineTaskFinalStatus, pipeline_run_id: str, pipeline_run_name: str,
+    experiment: str,
+) -> str:  # fmt: skip
+    """The exit task: records the run's final state on its MLflow parent run, named after
+    the pipeline run; returns the parent run's id."""
     from components.steps import finish_pipeline_run
 
-    finish_pipeline_run(
-        pipeline_run_id, status.state, status.error_message or "", experiment=experiment
-    )
+    doc = finish_pipeline_run(
+        pipeline_run_id, status.state, status.error_message or "", experiment=experiment,
+        run_name=pipeline_run_name,
+    )  # fmt: skip
+    return doc["parent_run_id"]
 
 
 COMPONENT_FUNCTIONS: tuple[Callable[..., Any], ...] = (
@@ -488,7 +495,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
         ray_shared_dir: str = SHARED_MOUNT + "/jobs",  # staging that every Ray node sees
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        exit_task = ops["finish_run"](pipeline_run_id=run_id, experiment=experiment)
+        exit_task = ops["finish_run"](
+            pipeline_run_id=run_id,
+            pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            experiment=experiment,
+        )
         _step(exit_task, image, tracking=True).set_display_name("finish-run")
         with dsl.ExitHandler(exit_task, name="tipsv2-run"):
             plan = _step(

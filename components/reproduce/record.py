@@ -8,6 +8,7 @@ A record is plain JSON:
      "data_version": "...", "step": N, "config": {TrainConfig as to_dict},
      "dataset": {"uri", "name", "version", "origin", "generator": {seed, num_images, ...}},
      "tokenizer_sha256": "...", "final_metrics": {"train/loss": ...},
+     "execution": {"workers": W, "torch_threads": T} | null,
      "teacher": {a record of the teacher checkpoint} | null,
      "eval": {"tasks", "limit", "image_size", "eval_size"} | null}
 
@@ -54,6 +55,26 @@ def _last_row(metrics_file: Path) -> dict[str, float]:
         and not isinstance(v, bool)
         and math.isfinite(v)
     }
+
+
+def execution_record(run_dir: Path) -> dict[str, int] | None:
+    """How the run was spread (Ray Train workers, torch threads per worker), from the
+    last worker start in `attempts.jsonl`; floats depend on both."""
+    attempts = run_dir / "attempts.jsonl"
+    if not attempts.is_file():
+        return None
+    last: dict[str, Any] = {}
+    for line in attempts.read_text().splitlines():
+        try:
+            last = json.loads(line) if line.strip() else last
+        except json.JSONDecodeError:
+            continue
+    if not last:
+        return None
+    doc = {"workers": int(last.get("world") or 1)}
+    if last.get("torch_threads"):
+        doc["torch_threads"] = int(last["torch_threads"])
+    return doc
 
 
 def dataset_record(path: str, version: str) -> dict[str, Any]:
@@ -117,6 +138,7 @@ def capture(
         "dataset": dataset_record(str(data.get("path") or ""), version),
         "tokenizer_sha256": _sha256(tokenizer) or _sha256(Path(str(data.get("tokenizer") or ""))),
         "final_metrics": _last_row(run_dir / "metrics.jsonl"),
+        "execution": execution_record(run_dir),
         "teacher": teacher,
         "eval": dict(eval_settings) if eval_settings else None,
     }

@@ -218,7 +218,9 @@ def _train(
     workers: int,
     teacher: Path | None = None,
 ) -> Path:
-    """Trains the record's config into `out`; returns the run directory."""
+    """Trains the record's config into `out` on Ray Train with the recorded workers and
+    torch threads (float sums depend on both); returns the run directory. `workers`:
+    where the record does not say."""
     config = json.loads(json.dumps(record["config"]))
     config["data"]["path"] = str(data)
     config["data"]["tokenizer"] = str(tokenizer)
@@ -227,14 +229,23 @@ def _train(
     if steps:
         config = _stages_for(config, steps)
     out.mkdir(parents=True, exist_ok=True)
-    cfg_file = out.with_name(out.name + ".config.json")
-    cfg_file.write_text(json.dumps(config, indent=2))
-    wt.python(
-        "-m", "components.train_entry", "--config", str(cfg_file), "--kind", record["kind"],
-        "--out", str(out), "--result", str(out.with_name(out.name + ".result.json")),
-        "--workers", str(workers), "--no-track", "--address", "",
-        what=f"{record['kind']} {record.get('variant') or ''}".strip(),
-    )  # fmt: skip
+    execution = record.get("execution") or {}
+    threads = execution.get("torch_threads")
+    if not threads:
+        wt.log("the record has no thread count: floats may differ in the last bits")
+    spec = {
+        "workers": int(execution.get("workers") or workers),
+        "cpus_per_worker": float(threads or 1),
+    }
+    code = (
+        "import json, sys\n"
+        "from components.ray_train import RayTrainSpec, train_on_ray\n"
+        "from tipsv2_core.config import from_dict, validate\n"
+        "cfg, out, kind, spec = json.loads(sys.argv[1])\n"
+        "train_on_ray(validate(from_dict(cfg)), out, kind, RayTrainSpec(**spec))\n"
+    )
+    what = f"{record['kind']} {record.get('variant') or ''}".strip()
+    wt.python("-c", code, json.dumps([config, str(out), record["kind"], spec]), what=what)
     return out
 
 

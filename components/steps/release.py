@@ -136,9 +136,15 @@ def promote_model(
 
 
 def finish_pipeline_run(
-    pipeline_run_id: str, state: str, error: str = "", *, experiment: str = "tipsv2"
+    pipeline_run_id: str,
+    state: str,
+    error: str = "",
+    *,
+    experiment: str = "tipsv2",
+    run_name: str = "",
 ) -> dict[str, Any]:
-    """The exit task: ends the run's MLflow parent with the pipeline's final state.
+    """The exit task: ends the run's MLflow parent with the pipeline's final state, and
+    names it after the pipeline run (`run_name`, KFP's run name) where one is given.
 
     A run stopped early (e.g. at the validation gate) may have no parent yet; one is
     created, so every pipeline run leaves a record with its status and error.
@@ -154,5 +160,7 @@ def finish_pipeline_run(
     client.set_tag(parent, "pipeline_state", state)
     if error:
         client.set_tag(parent, "pipeline_error", error[:5000])
+    if run_name:
+        client.update_run(parent, name=run_name)
     client.set_terminated(parent, status)
     return {"parent_run_id": parent, "status": status, "tracking_uri": uri}

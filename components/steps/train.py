@@ -64,6 +64,7 @@ def train_model(
     with its inputs staged under `shared_dir`, a folder every Ray node mounts
     (components.ray_jobs).
     """
+    from components.datasets import dataset_input
     from components.progress import ProgressReporter
     from components.ray_train import RayTrainSpec, train_on_ray
     from tipsv2_core.config import apply_overrides, validate
@@ -127,10 +128,13 @@ def train_model(
         group = f"{kind}-{uuid.uuid4().hex[:12]}"
         tracking = {
             "step": kind if not distill else f"distill/{cfg.model.variant}",
+            "run_name": f"{kind}-{cfg.model.variant}",  # pretrain-nano14, distill-nano14
             "experiment": experiment,
             "tracking_uri": configure().tracking_uri,
             "checkpoint_uri": str(Path(strip_file_scheme(out)).resolve() / "final"),
             "pipeline_run_id": group,
+            "datasets": [dataset_input(data, version, "training")],
+            "system_metrics": True,
         }
     cpus = _cpus(cpu_limit)
     spec = RayTrainSpec(

@@ -341,6 +341,7 @@ class RunLog:
     log: TextIO
     console: TextIO | None
     steps: list[StepRecord] = field(default_factory=list)
+    names: Mapping[str, str] = field(default_factory=dict)  # KFP's task key -> ours
     _buf: str = ""
 
     def isatty(self) -> bool:
@@ -376,19 +377,22 @@ class RunLog:
             # A long step's progress (components.progress): already one every few seconds.
             self._say("  " + line[at + len(PROGRESS_PREFIX) :].strip())
         elif m := _START.search(line):
-            rec = self._open(m.group(1))
+            rec = self._open(self._name(m.group(1)))
             rec.start = now
             self._say(f"{rec.name} ...")
         elif m := _END.search(line):
-            rec = self._open(m.group(1))
+            rec = self._open(self._name(m.group(1)))
             rec.end, rec.status = now, m.group(2)
             took = f" in {rec.seconds:.1f} s" if rec.seconds is not None else ""
             self._say(f"{rec.name} {rec.status.lower()}{took}")
         elif m := _CACHED.search(line):
-            self.steps.append(StepRecord(m.group(1), "cached", now, now))
-            self._say(f"{m.group(1)} cached")
+            self.steps.append(StepRecord(self._name(m.group(1)), "cached", now, now))
+            self._say(f"{self._name(m.group(1))} cached")
         elif m := _SKIPPED.search(line):
-            self.steps.append(StepRecord(m.group(1), "skipped"))
+            self.steps.append(StepRecord(self._name(m.group(1)), "skipped"))
+
+    def _name(self, key: str) -> str:
+        return self.names.get(key, key)
 
 
 @contextlib.contextmanager
@@ -610,13 +614,14 @@ def run_arguments(args: argparse.Namespace, known: Mapping[str, Any]) -> dict[st
 
 
 def dag_task_names(pipeline: Any) -> dict[str, str]:
-    """{`condition-4`: `condition-4 (gate-passed)`}: the runner logs nested DAGs (branches,
-    loops) by generated names; the summary shows the names the DAG gives them."""
+    """{`condition-4`: `gate-passed`, `evaluate-2`: `evaluate-student`}: the runner logs
+    tasks and nested DAGs (branches, loops) by KFP's generated names; the summary shows
+    the names the DAG gives them."""
     out = {}
     for comp in pipeline.pipeline_spec.components.values():
         for key, task in comp.dag.tasks.items():
             if task.task_info.name and task.task_info.name != key:
-                out[key] = f"{key} ({task.task_info.name})"
+                out[key] = task.task_info.name
     return out
 
 
@@ -689,6 +694,7 @@ def run_local(args: argparse.Namespace) -> int:
     else:
         image, runner = LOCAL_IMAGE, local.SubprocessRunner(use_venv=False)
     pipeline = build_pipeline(image)
+    names = dag_task_names(pipeline)
     local.init(runner=runner, pipeline_root=str(root), enable_caching=not args.no_cache)
     console = None if args.quiet else sys.stderr
     if console is not None:
@@ -701,16 +707,13 @@ def run_local(args: argparse.Namespace) -> int:
     t0 = time.time()
     error = None
     with open(log_path, "w") as log:
-        run_log = RunLog(log, console)
+        run_log = RunLog(log, console, names=names)
         with _capture(run_log):
             try:
                 pipeline(**arguments)
             except RuntimeError as e:  # the runner's "finished with status FAILURE"
                 error = _ANSI.sub("", str(e))
         run_log.write("\n")
-    names = dag_task_names(pipeline)
-    for rec in run_log.steps:
-        rec.name = names.get(rec.name, rec.name)
     created = sorted(set(root.glob(f"{PIPELINE_NAME}-*")) - before)
     run_dir = created[-1] if created else None
     summary = build_summary(run_dir, run_log.steps, error)
