@@ -502,6 +502,8 @@ def build_summary(run_dir: Path | None, steps: Sequence[StepRecord], error: str 
             gate["reasons"] = (_artifact(doc, "decision").get("metadata") or {}).get("reasons")
         elif base == "promote-model":
             action = params.get("Output")
+        elif base == "finish-run":
+            summary["mlflow_parent_run_id"] = params.get("Output")
     if gate is not None:
         # The gate decides; promote-model runs only when it passed, and says what it did.
         summary["promotion"] = {
@@ -518,6 +520,62 @@ def build_summary(run_dir: Path | None, steps: Sequence[StepRecord], error: str 
         for s in steps
     ]
     return summary
+
+
+def html_view(uri: str | None) -> str | None:
+    """A report as a `.html` file a browser renders: KFP names an HTML artifact's file after
+    the output (`report`, no extension), which browsers show as source. A hard link (else a
+    copy) named `<file>.html` sits beside it; other URIs are returned as they are."""
+    import shutil
+
+    if not uri or uri.endswith(".html") or "://" in uri or not Path(uri).is_file():
+        return uri
+    view = Path(uri + ".html")
+    if not view.exists():
+        try:
+            os.link(uri, view)
+        except OSError:
+            shutil.copyfile(uri, view)
+    return str(view)
+
+
+def with_html_views(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary with every report path a `.html` view (html_view)."""
+    summary["validation_report"] = html_view(summary.get("validation_report"))
+    summary["reports"] = [html_view(r) for r in summary.get("reports") or []]
+    for entry in [summary.get("teacher"), *(summary.get("students") or [])]:
+        if entry:
+            entry["report"] = html_view(entry.get("report"))
+    return summary
+
+
+def log_to_parent(summary: Mapping[str, Any], text: str) -> str | None:
+    """The summary table and every report as artifacts of the pipeline's MLflow parent
+    run; returns a warning instead of raising (the run itself is over and recorded)."""
+    parent = summary.get("mlflow_parent_run_id")
+    if not parent:
+        return None
+    named = [("validation.html", summary.get("validation_report"))]
+    if summary.get("teacher"):
+        named.append(("eval-teacher.html", summary["teacher"].get("report")))
+    for student in summary.get("students") or []:
+        named.append((f"eval-student-{student.get('variant')}.html", student.get("report")))
+    try:
+        import shutil
+        import tempfile
+
+        from components.tracking import client_for
+
+        client = client_for(summary.get("tracking_uri"))
+        client.log_text(parent, text + "\n", "summary.txt")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, report in named:
+                if report and Path(report).is_file():
+                    shutil.copyfile(report, Path(tmp) / name)
+            client.log_artifacts(parent, tmp, "reports")
+    except Exception as e:
+        return f"could not log the summary to MLflow run {parent}: {e}"
+    return None
 
 
 def _fmt(value: Any) -> str:
@@ -716,12 +774,15 @@ def run_local(args: argparse.Namespace) -> int:
         run_log.write("\n")
     created = sorted(set(root.glob(f"{PIPELINE_NAME}-*")) - before)
     run_dir = created[-1] if created else None
-    summary = build_summary(run_dir, run_log.steps, error)
+    summary = with_html_views(build_summary(run_dir, run_log.steps, error))
     if error and summary["data"] and summary["data"].get("passed") is False:
         summary["error"] = "the dataset failed validation; nothing was trained"
     summary |= {"log": str(log_path), "wall_s": round(time.time() - t0, 1), "arguments": arguments}
-    print(format_summary(summary))
+    text = format_summary(summary)
+    print(text)
     print(f"{'wall time:':<19}{summary['wall_s']} s")
+    if warning := log_to_parent(summary, text):
+        print(f"tipsv2 run: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, default=str))
     return 1 if error else 0
