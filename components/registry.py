@@ -632,6 +632,33 @@ def parse_model_uri(uri: str) -> ModelRef:
     )
 
 
+def native_checkpoint(uri: str, *, tracking_uri: str | None = None) -> Path:
+    """The native checkpoint a registered version was exported from (its
+    `checkpoint_uri`), for commands that need PyTorch weights; RegistryError when it is not
+    recorded or not reachable from here (the registry itself keeps the ONNX export only)."""
+    from mlflow.exceptions import MlflowException
+
+    ref = parse_model_uri(uri)
+    if ref.name is None:
+        raise RegistryError(f"{uri}: name a registered model (models:/NAME@ALIAS or /VERSION)")
+    client = client_for(tracking_uri)
+    try:
+        if ref.alias is not None:
+            mv = client.get_model_version_by_alias(ref.name, ref.alias)
+        else:
+            mv = client.get_model_version(ref.name, str(ref.version))
+    except MlflowException as e:
+        raise RegistryError(f"{uri}: not found in the registry ({e.error_code})") from None
+    source = (mv.tags or {}).get(TAG_CHECKPOINT, "")
+    path = Path(source.removeprefix("file://"))
+    if not source or source == UNKNOWN or not (path / "meta.json").is_file():
+        raise RegistryError(
+            f"{uri}: its native checkpoint {source or '(not recorded)'} is not reachable here; "
+            "the registry keeps the ONNX export only (`tipsv2 reproduce` re-trains it)"
+        )
+    return path
+
+
 def cache_root(home: Path | None = None) -> Path:
     """Where downloaded exports are kept: `$TIPSV2_HOME/cache/models`."""
     return (home or tipsv2_home()) / "cache" / "models"

@@ -629,3 +629,25 @@ def test_sqlite_register_promote_and_load_by_alias(
     for key in ("cls1", "cls2"):
         assert np.abs(np.load(out)[key] - want[key]).max() <= TOL
     assert len(list((tmp_path / "home" / "cache" / "models").iterdir())) == 1
+
+
+def test_features_and_export_take_models_uris(
+    sqlite_uri, exported, image_files, tmp_path, monkeypatch
+):
+    """`--checkpoint models:/...` in the other commands: features runs on the registered
+    export, export on the native checkpoint the version was exported from."""
+    name = "nano-uris"
+    version = reg(sqlite_uri, exported[1], name, miou=0.3)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
+    monkeypatch.setenv("TIPSV2_HOME", str(tmp_path / "home"))
+    png = tmp_path / "pca.png"
+    rc, _, err = cli(
+        "features", "--checkpoint", f"models:/{name}@challenger", image_files[0],
+        "--image-size", str(SIZE), "--out", str(png),
+    )  # fmt: skip
+    assert rc == 0 and png.is_file(), err
+    rc, _, err = cli(
+        "export", "--checkpoint", f"models:/{name}/{version}", "--out", str(tmp_path / "again"),
+        "--image-size", str(SIZE),
+    )  # fmt: skip
+    assert rc == 0 and (tmp_path / "again" / "COMPLETE").is_file(), err

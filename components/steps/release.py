@@ -41,9 +41,11 @@ def register_model(
     version: str = "",
     pipeline_run_id: str | None = None,
     experiment: str = "tipsv2",
+    eval_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Registers the export as a new version of `name` (alias `challenger`) with its
-    evaluation metrics, measured on the same dataset version it was trained on."""
+    evaluation metrics, measured on the same dataset version it was trained on
+    (`eval_settings`: how, as `evaluate_model` takes them; kept for `tipsv2 reproduce`)."""
     from components.registry import register_export
     from components.settings import configure
 
@@ -57,6 +59,7 @@ def register_model(
         data_version=version or None,
         pipeline_run_id=pipeline_run_id or None,
         experiment=experiment,
+        eval_settings=eval_settings,
     )
     return {
         "name": reg.name,

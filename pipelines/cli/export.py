@@ -23,7 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "--checkpoint", required=True, help="native checkpoint directory or official npz pair"
+        "--checkpoint",
+        required=True,
+        help="native checkpoint directory, official npz pair, or a registered model "
+        "(models:/NAME@ALIAS, models:/NAME/VERSION: the checkpoint it was exported from)",
     )
     p.add_argument("--variant", default=None, help="expected variant (inferred if omitted)")
     p.add_argument("--out", required=True, help="export directory to write (replaced atomically)")
@@ -74,6 +77,10 @@ def _tokenizer(checkpoint: str, given: str | None) -> str | None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from pipelines.cli.common import resolve_checkpoint
+
+    # A registered version holds its ONNX export; exporting again needs the weights.
+    args.checkpoint = resolve_checkpoint(args.checkpoint, native=True)
     from tipsv2_core.export import (
         DEFAULT_IMAGE_SIZES,
         GRAPH_NAMES,

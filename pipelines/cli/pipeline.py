@@ -48,6 +48,8 @@ CONTAINER_HOME = "/workspace/.tipsv2"
 HEALTH_PATH = "/apis/v2beta1/healthz"
 # On a cluster, training goes to infra/k8s's RayCluster (its head Service, Jobs API port).
 CLUSTER_RAY_JOBS = "http://tipsv2-ray-head-svc:8265"
+# infra/k8s/base/rbac.yaml's ServiceAccount for pipeline runs (pipelines.dag.SERVICE_ACCOUNT).
+SERVICE_ACCOUNT = "tipsv2-pipeline"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,6 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "step's pod)",
     )
     submit.add_argument("--namespace", default=None, help="KFP namespace (multi-user mode)")
+    submit.add_argument(
+        "--service-account",
+        default=SERVICE_ACCOUNT,
+        help=f"Kubernetes ServiceAccount of the run's pods (default {SERVICE_ACCOUNT}, "
+        "infra/k8s/base/rbac.yaml; '' for the namespace's default)",
+    )
     submit.add_argument("--timeout", type=float, default=10.0, help="reachability check (s)")
     _image_arg(submit)
     submit.set_defaults(handler=run_submit)
@@ -292,6 +300,7 @@ def run_submit(args: argparse.Namespace) -> int:
                 cron_expression=cron,
                 params=arguments,
                 pipeline_package_path=package,
+                service_account=args.service_account or None,
             )
             doc = {"recurring_run_id": job.recurring_run_id, "cron": cron}
         else:
@@ -301,6 +310,7 @@ def run_submit(args: argparse.Namespace) -> int:
                 run_name=name,
                 experiment_name=args.experiment,
                 namespace=args.namespace,
+                service_account=args.service_account or None,
             )
             doc = {"run_id": result.run_id}
     print(json.dumps({**doc, "host": args.host, "experiment": args.experiment, "name": name}))

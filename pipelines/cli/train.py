@@ -170,6 +170,9 @@ def run_train(args: argparse.Namespace) -> int:
                           **last_losses(result.history)}))  # fmt: skip
     else:
         print(json.dumps(_run_on_ray(args, cfg, out)))
+    from components.curves import write_curves
+
+    write_curves(out)  # curves.csv for `dvc plots` (DVC does not read JSON lines)
     return 0
 
 
