@@ -125,3 +125,21 @@ def test_reproduce_from_the_registry_alone_gives_identical_weights(registered):
     assert done.returncode == 2, done.stdout + done.stderr
     assert "but the model was trained on" in done.stderr
     assert "recorded dataset was changed" in done.stderr
+
+
+@pytest.mark.unit
+def test_a_partial_check_cuts_the_stages_and_deltas_are_judged_by_the_tolerance():
+    from components.reproduce.compare import compare_metrics, within
+    from components.reproduce.run import _is_timing, _stages_for
+
+    config = {"stages": [{"name": "a", "steps": 5}, {"name": "b", "steps": 5}], "seed": 0}
+    assert _stages_for(config, 7)["stages"] == [
+        {"name": "a", "steps": 5},
+        {"name": "b", "steps": 2},
+    ]
+    assert _stages_for(config, 3)["stages"] == [{"name": "a", "steps": 3}]
+    rows = compare_metrics({"m": 1.0, "n": 2.0, "gone": 1.0}, {"m": 1.0, "n": 2.5})
+    assert [(r.name, r.delta) for r in rows] == [("gone", None), ("m", 0.0), ("n", 0.5)]
+    assert within(rows, 0.1) == ["gone", "n"] and within(rows, 1.0) == ["gone"]
+    assert _is_timing("train/images_per_s") and _is_timing("train/step_time_s")
+    assert not _is_timing("train/loss") and not _is_timing("train/ibot_loss")
