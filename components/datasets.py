@@ -25,7 +25,7 @@ from tipsv2_core.data.layout import (
     local_path,
 )
 
-__all__ = ["is_remote", "metadata_dir"]
+__all__ = ["dataset_input", "dataset_name", "is_remote", "metadata_dir"]
 
 
 def is_remote(uri: str | os.PathLike[str]) -> bool:
@@ -75,3 +75,22 @@ def metadata_dir(uri: str | os.PathLike[str]) -> Iterator[Path]:
             storage.download_file(_child(text, REJECTED_FILE), root / REJECTED_FILE)
         (root / COMPLETE_FILE).write_text("")
         yield root
+
+
+def dataset_name(uri: str | os.PathLike[str]) -> str:
+    """The dataset's own name (its card's), else its folder's: what metric names and
+    MLflow's dataset inputs call it. Only a local card is read."""
+    import json
+
+    local = Path(str(uri).removeprefix("file://"))
+    name = local.name
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        name = json.loads((local / CARD_FILE).read_text()).get("name") or name
+    return name
+
+
+def dataset_input(uri: str, version: str, context: str) -> dict[str, str]:
+    """A dataset as `components.tracking.Tracker.log_dataset` takes it: its name, its
+    version (DVC md5 or manifest hash) as the digest, its URI as the source; context:
+    "training" or "evaluation"."""
+    return {"name": dataset_name(uri), "digest": version, "source": str(uri), "context": context}

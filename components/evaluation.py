@@ -145,5 +145,11 @@ def _write_report(
         predictions=rows,
         pca=pca,
         history=[dict(row) for row in history],
+        legend=[]
+        if seg is None or colours is None
+        else [
+            *((n, tuple(int(c) for c in colours[i])) for i, n in enumerate(seg.class_names)),
+            ("ignored", (0, 0, 0)),
+        ],
     )
     write_report(data, os.fspath(path))

@@ -162,6 +162,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
             "node": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "ray_checkpoint_step": restored,
+            # Float reductions depend on the thread count: a bit-exact re-run needs it.
+            "torch_threads": torch.get_num_threads(),
             "resume_step": _latest_local_step(out),
             "time": time.time(),
         }

@@ -85,6 +85,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
+RECORD_FILE = "lineage.json"  # components.reproduce.record, an artifact of the run
 LOGGED_MODEL_NAME = "model"
 EXPORT_ARTIFACTS = "export"  # folder of the logged model that holds the export directory
 CHAMPION = "champion"
@@ -429,6 +430,22 @@ def _lineage(
     }
 
 
+def _lineage_record(
+    meta: Mapping[str, Any], checkpoint_uri: str | None, eval_settings: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The reproduction record of the export's source checkpoint (None: not a native one)."""
+    from components.reproduce.record import capture
+    from components.tracking.lineage import git_dirty
+
+    source = checkpoint_uri or str(meta.get("source_checkpoint") or "")
+    if not source or "://" in source:
+        return None
+    # The registering checkout's state stands for the trainer's when it is the same commit.
+    src_sha = (meta.get("source_meta") or {}).get("git_sha")
+    dirty = git_dirty() if src_sha and src_sha == code_git_sha() else None
+    return capture(source, eval_settings=eval_settings, git_dirty=dirty)
+
+
 def _defined(tags: Mapping[str, str]) -> dict[str, str]:
     return {k: (v or UNKNOWN)[:MAX_TAG_VALUE] for k, v in tags.items()}
 
@@ -447,6 +464,7 @@ def register_export(
     experiment: str = DEFAULT_EXPERIMENT,
     alias: str | None = CHALLENGER,
     tags: Mapping[str, str] | None = None,
+    eval_settings: Mapping[str, Any] | None = None,
 ) -> RegisteredVersion:
     """Logs the export at `export_dir` in MLflow and registers it as a new version of `name`.
 
@@ -458,6 +476,12 @@ def register_export(
     `$TIPSV2_PIPELINE_RUN_ID` / `$TIPSV2_DATA_VERSION`. alias: moved to the new version
     (None: no alias). An export whose parity failed is still registered, with
     `parity_passed=false`, so the record exists; the gate refuses to promote it.
+    eval_settings: how the metrics were measured (`tasks`, `limit`, `image_size`,
+    `eval_size`), kept in the lineage record so that `tipsv2 reproduce` measures alike.
+
+    The run also holds `lineage.json` (components.reproduce.record): the source
+    checkpoint's resolved config, commit, dataset and final losses, captured now while
+    the checkpoint is at hand, so that the registry entry alone suffices to re-run it.
     """
     import mlflow
     import onnx
@@ -536,6 +560,9 @@ def register_export(
                 tags={**lineage, TAG_VARIANT: described[TAG_VARIANT]},
             )
             client.log_model_artifacts(info.model_id, str(export_dir), EXPORT_ARTIFACTS)
+            record = _lineage_record(meta, checkpoint_uri, eval_settings)
+            if record is not None:
+                mlflow.log_dict(record, RECORD_FILE)
             # Logged with the model id: the values show on the run and on the logged model.
             mlflow.log_metrics({**values, **parity_metrics}, model_id=info.model_id)
             version_tags = {
@@ -606,6 +633,33 @@ def parse_model_uri(uri: str) -> ModelRef:
     raise RegistryError(
         f"{uri!r}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-<id>"
     )
+
+
+def native_checkpoint(uri: str, *, tracking_uri: str | None = None) -> Path:
+    """The native checkpoint a registered version was exported from (its
+    `checkpoint_uri`), for commands that need PyTorch weights; RegistryError when it is not
+    recorded or not reachable from here (the registry itself keeps the ONNX export only)."""
+    from mlflow.exceptions import MlflowException
+
+    ref = parse_model_uri(uri)
+    if ref.name is None:
+        raise RegistryError(f"{uri}: name a registered model (models:/NAME@ALIAS or /VERSION)")
+    client = client_for(tracking_uri)
+    try:
+        if ref.alias is not None:
+            mv = client.get_model_version_by_alias(ref.name, ref.alias)
+        else:
+            mv = client.get_model_version(ref.name, str(ref.version))
+    except MlflowException as e:
+        raise RegistryError(f"{uri}: not found in the registry ({e.error_code})") from None
+    source = (mv.tags or {}).get(TAG_CHECKPOINT, "")
+    path = Path(source.removeprefix("file://"))
+    if not source or source == UNKNOWN or not (path / "meta.json").is_file():
+        raise RegistryError(
+            f"{uri}: its native checkpoint {source or '(not recorded)'} is not reachable here; "
+            "the registry keeps the ONNX export only (`tipsv2 reproduce` re-trains it)"
+        )
+    return path
 
 
 def cache_root(home: Path | None = None) -> Path:

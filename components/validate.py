@@ -755,7 +755,7 @@ def _html(result: ValidationResult) -> str:
             f"{esc(c.description)}</td><td>{esc(_short(seen) if seen is not None else '')}</td>"
             f"<td>{examples}</td></tr>"
         )
-    stats = esc(json.dumps(result.stats, indent=2, default=str))
+    stats = _figures_html(result.stats)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Validation: {esc(result.data)}</title>
 <style>
@@ -770,9 +770,35 @@ tr.bad td{{background:#ffebe9}} .verdict{{color:{colour};font-weight:bold}}
 <th>examples</th></tr>
 {"".join(rows)}
 </table>
-<h2>Figures</h2><pre>{stats}</pre>
+<h2>Figures</h2>{stats}
 </body></html>
 """
+
+
+def _figures_html(stats: Mapping[str, Any]) -> str:
+    """The dataset-level figures as tables: one row per figure; a mapping of plain values
+    (counts per split, per class) as a nested two-column table, anything deeper as JSON."""
+    esc = html.escape
+
+    def cell(value: Any) -> str:
+        if isinstance(value, Mapping) and all(
+            not isinstance(v, Mapping | list) for v in value.values()
+        ):
+            rows = "".join(
+                f"<tr><td>{esc(str(k))}</td><td>{esc(_fmt_value(v))}</td></tr>"
+                for k, v in value.items()
+            )
+            return f"<table>{rows}</table>"
+        if isinstance(value, Mapping | list):
+            return f"<code>{esc(json.dumps(value, default=str))}</code>"
+        return esc(_fmt_value(value))
+
+    rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in stats.items())
+    return f"<table>{rows}</table>"
+
+
+def _fmt_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _write_report(result: ValidationResult, config: ValidationConfig, out: str) -> None:

@@ -87,9 +87,13 @@ RETRY = {
     "backoff_factor": 2.0,
     "backoff_max_duration": "300s",
 }
-# Fixed limits of the light steps; the training steps' limits are pipeline parameters.
-LIGHT = ("1", "2G")
-MEDIUM = ("2", "8G")
+# Requests and limits of the light steps, (cpu, memory) each: the scheduler places a pod
+# by its requests, the kernel caps it at its limits. The training steps request what they
+# are limited to (pipeline parameters): Ray sizes itself from them, so they must be there.
+LIGHT = (("250m", "512Mi"), ("1", "2G"))
+MEDIUM = (("1", "2Gi"), ("2", "8G"))
+# The ServiceAccount of infra/k8s/base/rbac.yaml that pipeline runs (their pods) use.
+SERVICE_ACCOUNT = "tipsv2-pipeline"
 
 CACHED_STEPS = ("prepare-data", "build-tokenizer", "pretrain", "distill")
 
@@ -262,6 +266,7 @@ def evaluate(
         pipeline_run_id=pipeline_run_id,
         version=str(model.metadata.get("data_version", "")),
         experiment=experiment,
+        training_group=str(model.metadata.get("mlflow_pipeline_run_id", "")),
     )
     for name, value in doc["metrics"].items():
         metrics.log_metric(name, value)
@@ -315,8 +320,12 @@ def register_model(
     data_version: str,
     pipeline_run_id: str,
     experiment: str,
+    eval_tasks: list[str],
+    eval_limit: int,
+    eval_image_size: int,
 ) -> str:
-    """Registers the export in MLflow as a new version (alias challenger)."""
+    """Registers the export in MLflow as a new version (alias challenger), with how its
+    metrics were measured (for `tipsv2 reproduce`)."""
     from components.steps import register_model as register
 
     doc = register(
@@ -326,7 +335,11 @@ def register_model(
         version=data_version,
         pipeline_run_id=pipeline_run_id,
         experiment=experiment,
-    )
+        eval_settings={
+            "tasks": eval_tasks, "limit": eval_limit, "image_size": eval_image_size,
+            "eval_size": eval_image_size,
+        },
+    )  # fmt: skip
     return doc["version"]
 
 
@@ -359,13 +372,19 @@ def promote_model(model_name: str, model_version: str, primary_metric: str, rule
     return promote(model_name, model_version, primary_metric, rules)["action"]
 
 
-def finish_run(status: dsl.PipelineTaskFinalStatus, pipeline_run_id: str, experiment: str):
-    """The exit task: records the run's final state on its MLflow parent run."""
+def finish_run(
+    status: dsl.PipelineTaskFinalStatus, pipeline_run_id: str, pipeline_run_name: str,
+    experiment: str,
+) -> str:  # fmt: skip
+    """The exit task: records the run's final state on its MLflow parent run, named after
+    the pipeline run; returns the parent run's id."""
     from components.steps import finish_pipeline_run
 
-    finish_pipeline_run(
-        pipeline_run_id, status.state, status.error_message or "", experiment=experiment
-    )
+    doc = finish_pipeline_run(
+        pipeline_run_id, status.state, status.error_message or "", experiment=experiment,
+        run_name=pipeline_run_name,
+    )  # fmt: skip
+    return doc["parent_run_id"]
 
 
 COMPONENT_FUNCTIONS: tuple[Callable[..., Any], ...] = (
@@ -411,13 +430,16 @@ def _step(
     cache: bool = False,
     retry: bool = True,
     tracking: bool = False,
-    resources: tuple[str, str] = LIGHT,
+    resources: tuple[tuple[str, str], tuple[str, str]] = LIGHT,
 ) -> dsl.PipelineTask:
-    """One place for a task's caching, retries, resources and environment."""
+    """One place for a task's caching, retries, resources (requests, limits) and
+    environment."""
     task.set_caching_options(cache)
     if retry:
         task.set_retry(**RETRY)
-    task.set_cpu_limit(resources[0]).set_memory_limit(resources[1])
+    (cpu_req, mem_req), (cpu_lim, mem_lim) = resources
+    task.set_cpu_request(cpu_req).set_memory_request(mem_req)
+    task.set_cpu_limit(cpu_lim).set_memory_limit(mem_lim)
     _platform_env(task, image, tracking)
     return task
 
@@ -432,6 +454,7 @@ def _train(task: dsl.PipelineTask, image: str, placement: Mapping[str, Any]) -> 
     task.set_caching_options(True)
     # One retry: Ray Train restarts failed workers itself; this covers a lost pod.
     task.set_retry(num_retries=1, backoff_duration="60s", backoff_factor=2.0)
+    task.set_cpu_request(placement["cpus"]).set_memory_request(placement["memory"])
     task.set_cpu_limit(placement["cpus"]).set_memory_limit(placement["memory"])
     task.set_accelerator_type(placement["accelerator"]).set_accelerator_limit(placement["gpus"])
     kubernetes.add_node_selector_json(task, placement["node_selector"])
@@ -450,7 +473,12 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
     pin it). Returns a KFP pipeline: compile it, submit it, or call it under kfp.local."""
     if not image or any(c.isspace() for c in image):
         raise ValueError(f"image must be a container reference, got {image!r}")
-    ops = {f.__name__: dsl.component(f, base_image=image) for f in COMPONENT_FUNCTIONS}
+    # The image has kfp (infra/docker): no task starts with `pip install kfp`, which an
+    # air-gapped cluster could not do anyway.
+    ops = {
+        f.__name__: dsl.component(f, base_image=image, install_kfp_package=False)
+        for f in COMPONENT_FUNCTIONS
+    }
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -488,7 +516,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
         ray_shared_dir: str = SHARED_MOUNT + "/jobs",  # staging that every Ray node sees
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        exit_task = ops["finish_run"](pipeline_run_id=run_id, experiment=experiment)
+        exit_task = ops["finish_run"](
+            pipeline_run_id=run_id,
+            pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            experiment=experiment,
+        )
         _step(exit_task, image, tracking=True).set_display_name("finish-run")
         with dsl.ExitHandler(exit_task, name="tipsv2-run"):
             plan = _step(
@@ -588,6 +620,9 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
                     data_version=version.output,
                     pipeline_run_id=run_id,
                     experiment=experiment,
+                    eval_tasks=eval_tasks,
+                    eval_limit=eval_limit,
+                    eval_image_size=eval_image_size,
                 )
                 _step(registered, image, tracking=True)
                 gate = ops["gate_decision"](

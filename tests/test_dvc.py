@@ -370,6 +370,12 @@ def test_whole_pipeline_as_an_experiment_compared_by_exp_show(project, env, tmp_
     shown = metrics[next(iter(metrics))]["data"]
     for model in ("teacher", f"student-{STUDENT}"):
         assert 0.0 <= shown[f"data/eval/{model}.json"]["data"][key] <= 1.0
+    # The training curves are DVC plots, read from each run's curves.csv.
+    plots = json.loads(run_dvc(["plots", "show", "--json"], clone, env=env).stdout)
+    assert not plots.get("errors"), plots["errors"]
+    for name in ("teacher-loss", "student-loss"):
+        values = plots["data"][name][0]["content"]["data"]["values"]
+        assert values and all(v["field"].startswith("train/") for v in values), name
     table = json.loads(run_dvc(["exp", "show", "--json"], clone, env=env).stdout)
     runs = [e for row in table for e in (row.get("experiments") or [])]
     assert runs, "no experiment in `dvc exp show`"

@@ -8,6 +8,7 @@ tier runs `tipsv2 run --smoke` through the real console script.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -260,10 +261,21 @@ def test_resources_per_step_and_from_parameters_for_training(ir):
             "resourceCount": "{{$.inputs.parameters['pipelinechannel--gpus']}}",
             "resourceType": "{{$.inputs.parameters['pipelinechannel--accelerator']}}",
         }
+        # Requested as limited: Ray sizes itself from them.
+        assert res["resourceCpuRequest"] == res["resourceCpuLimit"]
+        assert res["resourceMemoryRequest"] == res["resourceMemoryLimit"]
     for name in STEPS - {"pretrain", "distill"}:
         res = _executor(ir, name)["container"]["resources"]
         assert float(res["resourceCpuLimit"]) > 0 and res["resourceMemoryLimit"], name
+        assert res["resourceCpuRequest"] and res["resourceMemoryRequest"], name
         assert "accelerator" not in res, name
+
+
+def test_no_step_installs_kfp_at_run_time(ir):
+    """The image has kfp: a task that ran `pip install kfp` would fail air-gapped."""
+    for name in STEPS:
+        container = _executor(ir, name)["container"]
+        assert "pip install" not in " ".join(container["command"] + container["args"]), name
 
 
 def test_training_placement_from_parameters(ir):
@@ -623,6 +635,33 @@ def e2e_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("e2e-home")
 
 
+def assert_one_tree_per_pipeline_run(client: Any, exp: Any, parent: Any, s: dict) -> None:
+    """MLflow as its users expect: the pipeline run is the only top-level run, named after
+    it; every step (training and distillation too) is its child, by a readable name; the
+    training and evaluation runs list their dataset; training has system metrics and more
+    than one point per curve; the reports and the summary are the parent's artifacts."""
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id])
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.run_id for r in top] == [parent.info.run_id]
+    assert parent.info.run_name == Path(s["run_dir"]).name  # KFP's name of the run
+    children = {r.info.run_name: r for r in runs if r.info.run_id != parent.info.run_id}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children.values())
+    for name in ("pretrain-nano14", "distill-nano14", "eval-teacher", "eval-student-nano14"):
+        run = children[name]
+        (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+        assert dataset.name == "synth" and dataset.digest.startswith("manifest-sha256:"), name
+    train = children["pretrain-nano14"]
+    assert any(k.startswith("system/") for k in train.data.metrics)
+    assert len(client.get_metric_history(train.info.run_id, "train/loss")) == 4
+    assert {a.path for a in client.list_artifacts(children["eval-teacher"].info.run_id, "reports")}
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "reports")}
+    assert {"reports/validation.html", "reports/eval-teacher.html"} <= arts, arts
+    assert "summary.txt" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    metric = "eval/zeroshot_seg/synth-val/miou"  # the dataset's name, not its folder's
+    assert metric in s["teacher"]["metrics"]
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_tipsv2_run_smoke_end_to_end_then_from_the_cache(e2e_home):
@@ -675,6 +714,12 @@ def test_tipsv2_run_smoke_end_to_end_then_from_the_cache(e2e_home):
     )
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert not client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+    assert_one_tree_per_pipeline_run(client, exp, parents[0], s)
+    # The long steps' progress reached the run log (the terminal too, without --quiet).
+    log = Path(s["log"]).read_text()
+    for step in ("pretrain", "distill"):
+        assert re.search(rf"\[progress\] {step} nano14: step \d/4 .*loss [\d.]+", log), step
+    assert all(r.endswith(".html") for r in [s["validation_report"], *s["reports"]])
 
     # The same inputs again: data, tokenizer and training come from the cache. A stricter
     # promotion rule (not a training input) refuses the same model as a new challenger.
@@ -684,7 +729,7 @@ def test_tipsv2_run_smoke_end_to_end_then_from_the_cache(e2e_home):
     steps = _steps(s2)
     for name in ("prepare-data", "build-tokenizer", "pretrain", "distill"):
         assert steps[name] == ["cached"], (name, steps)
-    assert steps["evaluate (evaluate-teacher)"] == ["SUCCESS"]
+    assert steps["evaluate-teacher"] == ["SUCCESS"]
     assert s2["registered_version"] == "2"
     assert s2["teacher"]["metrics"] == s["teacher"]["metrics"]  # the same cached model
     assert s2["promotion"]["passed"] is False and s2["promotion"]["action"] == "refused"
@@ -709,7 +754,7 @@ def test_tipsv2_run_with_bad_data_stops_at_the_gate_and_trains_nothing(e2e_home)
     assert steps["finish-run"] == ["SUCCESS"]
     ran = {n for n, st in steps.items() if set(st) & {"SUCCESS", "cached"}}
     trained = {"version-data", "build-tokenizer", "pretrain", "distill"}
-    assert not ran & (trained | {"evaluate (evaluate-teacher)", "register-model"})
+    assert not ran & (trained | {"evaluate-teacher", "register-model"})
     assert s["teacher"] is None and s["registered_version"] is None
     assert "validation FAILED" in text
     client = MlflowClient(tracking_uri=f"sqlite:///{e2e_home / 'mlflow.db'}")
@@ -718,3 +763,14 @@ def test_tipsv2_run_with_bad_data_stops_at_the_gate_and_trains_nothing(e2e_home)
         [exp.experiment_id], "tags.tipsv2_kind = 'pipeline' and tags.pipeline_state = 'FAILED'"
     )
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
+
+
+def test_run_log_shows_a_long_steps_progress_lines(tmp_path):
+    console = io.StringIO()
+    with (tmp_path / "run.log").open("w") as log:
+        rl = RunLog(log, console)
+        rl.write("Executing task 'pretrain'\n")
+        rl.write("[progress] pretrain nano14: step 2/4 (50%) loss 3.1000 9.0 img/s ETA 4s\n")
+    assert "pretrain nano14: step 2/4 (50%) loss 3.1000 9.0 img/s ETA 4s" in console.getvalue()
+    assert "[progress] pretrain nano14" in (tmp_path / "run.log").read_text()
+    assert [s.name for s in rl.steps] == ["pretrain"]

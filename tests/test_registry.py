@@ -686,3 +686,29 @@ def test_metrics_file_of_tipsv2_eval_carries_the_eval_data_version(tmp_path):
     metrics, lineage = load_metrics_file(f)
     assert metrics == {MIOU: 0.3}
     assert lineage == {"eval_data_version": "manifest-sha256:ab"}
+
+
+def test_features_and_export_take_models_uris(
+    sqlite_uri, exported, image_files, tmp_path, monkeypatch
+):
+    """`--checkpoint models:/...` in the other commands: features runs on the registered
+    export, export on the native checkpoint the version was exported from."""
+    name = "nano-uris"
+    version = reg(sqlite_uri, exported[1], name, miou=0.3)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
+    monkeypatch.setenv("TIPSV2_HOME", str(tmp_path / "home"))
+    png = tmp_path / "pca.png"
+    rc, _, err = cli(
+        "features", "--checkpoint", f"models:/{name}@challenger", image_files[0],
+        "--image-size", str(SIZE), "--out", str(png),
+    )  # fmt: skip
+    assert rc == 0 and png.is_file(), err
+    # This version's checkpoint is in an S3 bucket this machine cannot see: refused.
+    again = ["--out", str(tmp_path / "again"), "--image-size", str(SIZE)]
+    rc, _, err = cli("export", "--checkpoint", f"models:/{name}/{version}", *again)
+    assert rc == 2 and "native checkpoint s3://" in err and "not reachable here" in err, err
+    native = register_export(
+        exported[1], name, {MIOU: 0.3}, checkpoint_uri=str(exported[0]), tracking_uri=sqlite_uri
+    )
+    rc, _, err = cli("export", "--checkpoint", f"models:/{name}/{native.version}", *again)
+    assert rc == 0 and (tmp_path / "again" / "COMPLETE").is_file(), err

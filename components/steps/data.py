@@ -8,6 +8,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+# The name of the pipeline's synthetic dataset (as the DVC pipeline's data/synth): metrics
+# read `eval/<task>/synth-val/...` whichever folder KFP stores the artifact in.
+SYNTH_NAME = "synth"
+
 
 def prepare_dataset(
     out: str,
@@ -36,8 +40,9 @@ def prepare_dataset(
         from tipsv2_core.data.synth_dataset import write_synthetic_dataset
 
         path = write_synthetic_dataset(
-            out, synth_images, image_size=image_size, seed=seed, workers=1, progress=False
-        )
+            out, synth_images, image_size=image_size, seed=seed, workers=1, progress=False,
+            name=SYNTH_NAME,
+        )  # fmt: skip
         card = read_card(path)
         doc = {
             "origin": "synthetic",

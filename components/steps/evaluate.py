@@ -29,6 +29,7 @@ def evaluate_model(
     version: str = "",
     experiment: str = "tipsv2",
     track: bool = True,
+    training_group: str = "",
 ) -> dict[str, Any]:
     """Evaluates the final model of the training run `model_dir` on the dataset's
     evaluation split; writes the HTML report at `report` and returns
@@ -38,6 +39,9 @@ def evaluate_model(
     The teacher's evaluation also scores the controls (tipsv2_core/eval/controls.py): a
     random-init encoder of the same variant, returned as "random_init", and the
     colour-only oracle, as "colour_oracle", so a summary shows what training gained.
+    training_group: the model's own training run group (a cached step's; its model
+    artifact records it), moved under the pipeline's parent run here
+    (components.tracking.adopt_group), so one pipeline run is one tree in MLflow.
     """
     from components.evaluation import checkpoint_lineage, evaluate_and_report, run_history
     from tipsv2_core.eval.readers.resolve import open_eval_views
@@ -75,18 +79,27 @@ def evaluate_model(
     }
     controls = _controls(model.variant.name, tokenizer, views, tasks, options, dataset, role)
     if track:
-        from components.tracking import Tracker
+        from components.datasets import dataset_input
+        from components.tracking import Tracker, adopt_group
 
+        name = f"eval-{role}" if role == "teacher" else f"eval-{role}-{model.variant.name}"
         with Tracker(
             f"evaluate/{role}",
+            run_name=name,  # eval-teacher, eval-student-nano14
             pipeline_run_id=pipeline_run_id or None,
             experiment=experiment,
             data_version=version or None,
             checkpoint_uri=str(checkpoint),
             params={"variant": model.variant.name, "tasks": ",".join(tasks), "limit": limit},
+            datasets=[dataset_input(dataset, lineage["data_version"] or "", "evaluation")],
+            system_metrics=True,
             background=False,
         ) as tracker:
             tracker.log_metrics(metrics)
+            if Path(strip_file_scheme(report)).is_file():
+                tracker.log_file(strip_file_scheme(report), "reports")
+        if pipeline_run_id and training_group:
+            adopt_group(pipeline_run_id, training_group, experiment=experiment)
     return {
         "role": role,
         "variant": model.variant.name,

@@ -41,9 +41,11 @@ def register_model(
     version: str = "",
     pipeline_run_id: str | None = None,
     experiment: str = "tipsv2",
+    eval_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Registers the export as a new version of `name` (alias `challenger`) with its
-    evaluation metrics, measured on the same dataset version it was trained on."""
+    evaluation metrics, measured on the same dataset version it was trained on
+    (`eval_settings`: how, as `evaluate_model` takes them; kept for `tipsv2 reproduce`)."""
     from components.registry import register_export
     from components.settings import configure
 
@@ -57,6 +59,7 @@ def register_model(
         data_version=version or None,
         pipeline_run_id=pipeline_run_id or None,
         experiment=experiment,
+        eval_settings=eval_settings,
     )
     return {
         "name": reg.name,
@@ -136,9 +139,15 @@ def promote_model(
 
 
 def finish_pipeline_run(
-    pipeline_run_id: str, state: str, error: str = "", *, experiment: str = "tipsv2"
+    pipeline_run_id: str,
+    state: str,
+    error: str = "",
+    *,
+    experiment: str = "tipsv2",
+    run_name: str = "",
 ) -> dict[str, Any]:
-    """The exit task: ends the run's MLflow parent with the pipeline's final state.
+    """The exit task: ends the run's MLflow parent with the pipeline's final state, and
+    names it after the pipeline run (`run_name`, KFP's run name) where one is given.
 
     A run stopped early (e.g. at the validation gate) may have no parent yet; one is
     created, so every pipeline run leaves a record with its status and error.
@@ -154,5 +163,7 @@ def finish_pipeline_run(
     client.set_tag(parent, "pipeline_state", state)
     if error:
         client.set_tag(parent, "pipeline_error", error[:5000])
+    if run_name:
+        client.update_run(parent, name=run_name)
     client.set_terminated(parent, status)
     return {"parent_run_id": parent, "status": status, "tracking_uri": uri}

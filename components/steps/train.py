@@ -64,6 +64,8 @@ def train_model(
     with its inputs staged under `shared_dir`, a folder every Ray node mounts
     (components.ray_jobs).
     """
+    from components.datasets import dataset_input
+    from components.progress import ProgressReporter
     from components.ray_train import RayTrainSpec, train_on_ray
     from tipsv2_core.config import apply_overrides, validate
     from tipsv2_core.recipes import get_recipe
@@ -126,10 +128,13 @@ def train_model(
         group = f"{kind}-{uuid.uuid4().hex[:12]}"
         tracking = {
             "step": kind if not distill else f"distill/{cfg.model.variant}",
+            "run_name": f"{kind}-{cfg.model.variant}",  # pretrain-nano14, distill-nano14
             "experiment": experiment,
             "tracking_uri": configure().tracking_uri,
             "checkpoint_uri": str(Path(strip_file_scheme(out)).resolve() / "final"),
             "pipeline_run_id": group,
+            "datasets": [dataset_input(data, version, "training")],
+            "system_metrics": True,
         }
     cpus = _cpus(cpu_limit)
     spec = RayTrainSpec(
@@ -140,8 +145,13 @@ def train_model(
         tracking=tracking,
     )
     status = "FAILED"
+    run_dir = Path(strip_file_scheme(out))
+    label = f"{kind} {cfg.model.variant}"
     try:
-        result = train_on_ray(cfg, strip_file_scheme(out), kind, spec)  # type: ignore[arg-type]
+        # Ray workers' output never reaches this step's log: the progress comes from the
+        # run's metrics.jsonl, tailed here (components.progress).
+        with ProgressReporter(run_dir / "metrics.jsonl", cfg.total_steps, label):
+            result = train_on_ray(cfg, str(run_dir), kind, spec)  # type: ignore[arg-type]
         status = "FINISHED"
     finally:
         if group:

@@ -55,6 +55,7 @@ MLflow is imported lazily (about 1.3 s), so importing this module is cheap.
 """
 
 from components.tracking.client import (
+    adopt_group,
     client_for,
     default_artifact_location,
     end_pipeline_run,
@@ -100,6 +101,7 @@ __all__ = [
     "Scrubber",
     "Tracker",
     "TrackerStats",
+    "adopt_group",
     "all_experiment_ids",
     "client_for",
     "default_artifact_location",

@@ -10,12 +10,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components.settings import configure
-from components.tracking.tags import DEFAULT_EXPERIMENT, TAG_KIND, TAG_PIPELINE_RUN_ID
+from components.tracking.tags import (
+    DEFAULT_EXPERIMENT,
+    PARENT_TAG,
+    TAG_KIND,
+    TAG_PIPELINE_RUN_ID,
+    TAG_TRAINING_GROUP,
+)
 from tipsv2_core.errors import UserError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
+# MLflow 3's UI opens an experiment of this kind on its training runs, not the GenAI view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # How long the creator of a parent run waits for concurrent creators (find_or_create_parent).
 PARENT_SETTLE_S = 1.0
 
@@ -88,10 +97,14 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     try:
         return client.create_experiment(
-            name, artifact_location=default_artifact_location(tracking_uri)
+            name,
+            artifact_location=default_artifact_location(tracking_uri),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
         )
     except MlflowException:
         # Another step process created it between our look-up and create.
@@ -173,6 +186,48 @@ def end_pipeline_run(
     for run in runs:
         client.set_terminated(run.info.run_id, status)
     return runs[0].info.run_id if runs else None
+
+
+def adopt_group(
+    pipeline_run_id: str,
+    group: str,
+    *,
+    experiment: str = DEFAULT_EXPERIMENT,
+    tracking_uri: str | None = None,
+) -> list[str]:
+    """Moves the step runs of `group` under the parent run of `pipeline_run_id`.
+
+    A cached step (training) cannot know the pipeline run it serves, so it tracks itself as
+    a pipeline of one step, `group`; the first uncached step after it that knows both ids
+    (the evaluation of its model) calls this. The step runs get the pipeline's parent and
+    id (the group stays as the tag `training_group`) and the group's own parent run is
+    deleted. A group already adopted (a later cache hit of the same training) has no parent
+    left and stays under the pipeline run it ran in. Returns the ids of the runs moved.
+    """
+    from mlflow.entities import ViewType
+
+    client = client_for(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or not group or group == pipeline_run_id:
+        return []
+    own = client.search_runs(
+        [exp.experiment_id], _parent_filter(group), run_view_type=ViewType.ACTIVE_ONLY
+    )
+    if not own:
+        return []
+    parent = find_or_create_parent(client, exp.experiment_id, pipeline_run_id)
+    steps = client.search_runs(
+        [exp.experiment_id],
+        f"tags.{TAG_KIND} = 'step' and tags.{TAG_PIPELINE_RUN_ID} = '{group}'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+    )
+    for run in steps:
+        client.set_tag(run.info.run_id, PARENT_TAG, parent)
+        client.set_tag(run.info.run_id, TAG_PIPELINE_RUN_ID, pipeline_run_id)
+        client.set_tag(run.info.run_id, TAG_TRAINING_GROUP, group)
+    for run in own:
+        client.delete_run(run.info.run_id)
+    return [r.info.run_id for r in steps]
 
 
 def is_permanent_error(exc: BaseException) -> bool:

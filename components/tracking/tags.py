@@ -21,6 +21,7 @@ TAG_IMAGE = "image"
 TAG_STEP = "step"
 TAG_KIND = "tipsv2_kind"  # "pipeline" (a parent) | "step" (a child)
 TAG_CHECKPOINT = "checkpoint_uri"
+TAG_TRAINING_GROUP = "training_group"  # a cached training step's own id (client.adopt_group)
 PARENT_TAG = "mlflow.parentRunId"
 MLFLOW_GIT_COMMIT_TAG = "mlflow.source.git.commit"  # so MLflow's UI shows the commit too
 LINEAGE_TAGS = (TAG_GIT_SHA, TAG_DATA_VERSION, TAG_PIPELINE_RUN_ID, TAG_IMAGE)

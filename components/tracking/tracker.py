@@ -86,9 +86,11 @@ class _Pending:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # local path -> artifact folder
+    datasets: list[dict[str, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.params or self.tags or self.texts)
+        return bool(self.params or self.tags or self.texts or self.files or self.datasets)
 
 
 class Tracker:
@@ -113,6 +115,9 @@ class Tracker:
         max_buffered: values kept during an outage; beyond it the oldest are dropped.
         background: send from a thread (training never waits); False sends inline when a
             flush is due, which makes the number of requests exactly predictable.
+        datasets: inputs of the step, as `log_dataset` keywords (name, digest, source).
+        system_metrics: sample CPU, memory, disk and network (MLflow's `system/*`
+            metrics) every `system_metrics_interval_s` while the run is open.
     """
 
     def __init__(
@@ -137,6 +142,9 @@ class Tracker:
         probe_timeout_s: float = 2.0,
         close_timeout_s: float = 15.0,
         background: bool = True,
+        datasets: Sequence[Mapping[str, str]] = (),
+        system_metrics: bool = False,
+        system_metrics_interval_s: float = 5.0,
     ) -> None:
         if flush_every < 1 or max_buffered < 1:
             raise ValueError("flush_every and max_buffered must be at least 1")
@@ -158,6 +166,9 @@ class Tracker:
         self.probe_timeout_s = probe_timeout_s
         self.close_timeout_s = close_timeout_s
         self.background = background
+        self.system_metrics = system_metrics
+        self.system_metrics_interval_s = system_metrics_interval_s
+        self._monitor: Any = None
         self.stats = TrackerStats()
         # Read once: the secrets the environment holds when the step starts.
         self._scrub = Scrubber.from_environ()
@@ -215,6 +226,8 @@ class Tracker:
         if config is not None:
             self.log_config(config)
         self.log_params(params or {})
+        for dataset in datasets:
+            self.log_dataset(**dataset)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -262,6 +275,9 @@ class Tracker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self.close_timeout_s)
+        if self._monitor is not None:
+            with contextlib.suppress(Exception):
+                self._monitor.finish()
         deadline = time.monotonic() + self.close_timeout_s
         delivered = self._send(force=True)
         while not delivered and time.monotonic() < deadline:
@@ -371,6 +387,22 @@ class Tracker:
             self._pending.texts[artifact_file] = self._scrub.text(text)
         self._wake.set()
 
+    def log_file(self, path: str, artifact_path: str | None = None) -> None:
+        """A file (an HTML report) as an artifact, uploaded with the next flush. Only
+        files the step wrote itself: they are sent as they are, not scrubbed."""
+        with self._lock:
+            self._pending.files[str(path)] = artifact_path or ""
+        self._wake.set()
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str = "training") -> None:
+        """An input dataset (MLflow's Datasets column): its name, its version as the
+        digest (the DVC md5 or manifest hash) and where it lives; context: training or
+        evaluation."""
+        doc = {"name": name, "digest": digest or UNKNOWN, "source": source, "context": context}
+        with self._lock:
+            self._pending.datasets.append(self._scrub.mapping(doc))
+        self._wake.set()
+
     def flush(self) -> bool:
         """Sends everything buffered now (ignoring the backoff); True when nothing is left."""
         return self._send(force=True)
@@ -473,6 +505,8 @@ class Tracker:
             )
             self.run_id = run.info.run_id
             log.info("tracking: run %s (%s) at %s", self.run_id, self.run_name, self._safe_uri())
+            if self.system_metrics:
+                self._start_monitor()
         if create_only:
             return
         with self._lock:
@@ -507,6 +541,18 @@ class Tracker:
             with self._lock:
                 if self._pending.texts.get(name) == text:
                     del self._pending.texts[name]
+        with self._lock:
+            files = list(self._pending.files.items())
+            datasets = list(self._pending.datasets)
+        for path, folder in files:
+            if os.path.isfile(path):
+                client.log_artifact(self.run_id, path, folder or None)
+            with self._lock:
+                self._pending.files.pop(path, None)
+        if datasets:
+            client.log_inputs(self.run_id, datasets=[_dataset_input(d) for d in datasets])
+            with self._lock:
+                del self._pending.datasets[: len(datasets)]
         while True:
             with self._lock:
                 chunk_values = [self._buffer[i] for i in range(min(len(self._buffer), 1000))]
@@ -527,6 +573,21 @@ class Tracker:
             with self._lock:
                 while self._buffer and self._buffer[0].seq <= last:
                     self._buffer.popleft()
+
+    def _start_monitor(self) -> None:
+        """MLflow's system metrics sampler on this run (psutil; never fails the step)."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=self.system_metrics_interval_s,
+                tracking_uri=self.tracking_uri,
+            )
+            self._monitor.start()
+        except Exception as e:
+            self._monitor = None
+            log.warning("tracking: no system metrics (%s)", _short(e))
 
     def _failed(self, exc: BaseException) -> None:
         now = time.monotonic()
@@ -564,6 +625,15 @@ class Tracker:
         return {
             k[:MAX_KEY]: v if len(v) <= limit else v[: limit - 3] + "..." for k, v in values.items()
         }
+
+
+def _dataset_input(doc: Mapping[str, str]) -> Any:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    source = doc["source"]
+    kind = "s3" if source.startswith("s3://") else "local"
+    dataset = Dataset(doc["name"], doc["digest"], kind, json.dumps({"uri": source}))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", doc["context"])])
 
 
 def _short(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ from pipelines.cli import (
     export,
     models,
     pipeline,
+    reproduce,
     runs,
     stack,
     tokenizer,
@@ -37,6 +38,7 @@ GROUPS = (
     stack,
     runs,
     models,
+    reproduce,
     pipeline,
 )
 

@@ -20,6 +20,18 @@ def add_tracking_uri(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
     )
 
 
+def resolve_checkpoint(value: str, *, native: bool = False) -> str:
+    """`--checkpoint` as a local path: a `models:/NAME@ALIAS` or `models:/NAME/VERSION`
+    becomes its registered ONNX export (downloaded once into $TIPSV2_HOME/cache), or with
+    `native` the native checkpoint the version was exported from (its `checkpoint_uri`),
+    for commands that need PyTorch weights. Anything else is returned as it is."""
+    if not value.startswith("models:/"):
+        return value
+    from components.registry import native_checkpoint, resolve_model_uri
+
+    return str(native_checkpoint(value) if native else resolve_model_uri(value))
+
+
 def tracking_options() -> argparse.ArgumentParser:
     """A parent parser (`parents=[...]`) with `--tracking-uri` and `--json`."""
     common = argparse.ArgumentParser(add_help=False)

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="native checkpoint, official npz pair prefix, or ONNX export (dir or .onnx file)",
+        help="native checkpoint, official npz pair prefix, ONNX export (dir or .onnx file), "
+        "or a registered model, models:/NAME@ALIAS or models:/NAME/VERSION",
     )
     p.add_argument("--variant", default=None)
     p.add_argument("--dataset", required=True, help="dataset directory (or COCO caption .json)")
@@ -107,6 +108,9 @@ def find_tokenizer(checkpoint: str, given: str | None) -> Path:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from pipelines.cli.common import resolve_checkpoint
+
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
     from components.evaluation import checkpoint_lineage, evaluate_and_report, run_history
     from tipsv2_core.eval.predictions import PredictionWriter
     from tipsv2_core.eval.readers.resolve import open_eval_views, open_train_views

@@ -23,7 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "--checkpoint", required=True, help="native checkpoint directory or official npz pair"
+        "--checkpoint",
+        required=True,
+        help="native checkpoint directory, official npz pair, or a registered model "
+        "(models:/NAME@ALIAS, models:/NAME/VERSION: the checkpoint it was exported from)",
     )
     p.add_argument("--variant", default=None, help="expected variant (inferred if omitted)")
     p.add_argument(
@@ -79,7 +82,11 @@ def _tokenizer(checkpoint: str, given: str | None) -> str | None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from pipelines.cli.common import resolve_checkpoint
     from tipsv2_core.atomic import check_replaceable
+
+    # A registered version holds its ONNX export; exporting again needs the weights.
+    args.checkpoint = resolve_checkpoint(args.checkpoint, native=True)
     from tipsv2_core.export import (
         DEFAULT_IMAGE_SIZES,
         GRAPH_NAMES,

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from components.progress import PREFIX as PROGRESS_PREFIX
+
 # What `--smoke` changes: tiny data, a few steps, small evaluation and export sizes; the
 # whole DAG in a few minutes on 2 cores (CI's end-to-end check).
 SMOKE = {
@@ -36,7 +38,8 @@ SMOKE = {
     "eval_limit": 8,
     "eval_image_size": 112,
     "export_image_size": 112,
-    "train_overrides": ["data.workers=0"],
+    # A row every step: the progress lines and MLflow's charts get more than one point.
+    "train_overrides": ["data.workers=0", "run.log_every=1"],
 }
 LOCAL_IMAGE = "local"  # SubprocessRunner ignores the image; lineage says "local"
 # `tipsv2 run --containers`: where the image keeps its home (infra/docker/Dockerfile's
@@ -45,6 +48,8 @@ CONTAINER_HOME = "/workspace/.tipsv2"
 HEALTH_PATH = "/apis/v2beta1/healthz"
 # On a cluster, training goes to infra/k8s's RayCluster (its head Service, Jobs API port).
 CLUSTER_RAY_JOBS = "http://tipsv2-ray-head-svc:8265"
+# infra/k8s/base/rbac.yaml's ServiceAccount for pipeline runs (pipelines.dag.SERVICE_ACCOUNT).
+SERVICE_ACCOUNT = "tipsv2-pipeline"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -92,6 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "step's pod)",
     )
     submit.add_argument("--namespace", default=None, help="KFP namespace (multi-user mode)")
+    submit.add_argument(
+        "--service-account",
+        default=SERVICE_ACCOUNT,
+        help=f"Kubernetes ServiceAccount of the run's pods (default {SERVICE_ACCOUNT}, "
+        "infra/k8s/base/rbac.yaml; '' for the namespace's default)",
+    )
     submit.add_argument("--timeout", type=float, default=10.0, help="reachability check (s)")
     _image_arg(submit)
     submit.set_defaults(handler=run_submit)
@@ -289,6 +300,7 @@ def run_submit(args: argparse.Namespace) -> int:
                 cron_expression=cron,
                 params=arguments,
                 pipeline_package_path=package,
+                service_account=args.service_account or None,
             )
             doc = {"recurring_run_id": job.recurring_run_id, "cron": cron}
         else:
@@ -298,6 +310,7 @@ def run_submit(args: argparse.Namespace) -> int:
                 run_name=name,
                 experiment_name=args.experiment,
                 namespace=args.namespace,
+                service_account=args.service_account or None,
             )
             doc = {"run_id": result.run_id}
     print(json.dumps({**doc, "host": args.host, "experiment": args.experiment, "name": name}))
@@ -338,6 +351,7 @@ class RunLog:
     log: TextIO
     console: TextIO | None
     steps: list[StepRecord] = field(default_factory=list)
+    names: Mapping[str, str] = field(default_factory=dict)  # KFP's task key -> ours
     _buf: str = ""
 
     def isatty(self) -> bool:
@@ -369,20 +383,26 @@ class RunLog:
 
     def _line(self, line: str) -> None:
         now = time.time()
-        if m := _START.search(line):
-            rec = self._open(m.group(1))
+        if (at := line.find(PROGRESS_PREFIX)) >= 0:
+            # A long step's progress (components.progress): already one every few seconds.
+            self._say("  " + line[at + len(PROGRESS_PREFIX) :].strip())
+        elif m := _START.search(line):
+            rec = self._open(self._name(m.group(1)))
             rec.start = now
             self._say(f"{rec.name} ...")
         elif m := _END.search(line):
-            rec = self._open(m.group(1))
+            rec = self._open(self._name(m.group(1)))
             rec.end, rec.status = now, m.group(2)
             took = f" in {rec.seconds:.1f} s" if rec.seconds is not None else ""
             self._say(f"{rec.name} {rec.status.lower()}{took}")
         elif m := _CACHED.search(line):
-            self.steps.append(StepRecord(m.group(1), "cached", now, now))
-            self._say(f"{m.group(1)} cached")
+            self.steps.append(StepRecord(self._name(m.group(1)), "cached", now, now))
+            self._say(f"{self._name(m.group(1))} cached")
         elif m := _SKIPPED.search(line):
-            self.steps.append(StepRecord(m.group(1), "skipped"))
+            self.steps.append(StepRecord(self._name(m.group(1)), "skipped"))
+
+    def _name(self, key: str) -> str:
+        return self.names.get(key, key)
 
 
 @contextlib.contextmanager
@@ -492,6 +512,8 @@ def build_summary(run_dir: Path | None, steps: Sequence[StepRecord], error: str 
             gate["reasons"] = (_artifact(doc, "decision").get("metadata") or {}).get("reasons")
         elif base == "promote-model":
             action = params.get("Output")
+        elif base == "finish-run":
+            summary["mlflow_parent_run_id"] = params.get("Output")
     if gate is not None:
         # The gate decides; promote-model runs only when it passed, and says what it did.
         summary["promotion"] = {
@@ -508,6 +530,62 @@ def build_summary(run_dir: Path | None, steps: Sequence[StepRecord], error: str 
         for s in steps
     ]
     return summary
+
+
+def html_view(uri: str | None) -> str | None:
+    """A report as a `.html` file a browser renders: KFP names an HTML artifact's file after
+    the output (`report`, no extension), which browsers show as source. A hard link (else a
+    copy) named `<file>.html` sits beside it; other URIs are returned as they are."""
+    import shutil
+
+    if not uri or uri.endswith(".html") or "://" in uri or not Path(uri).is_file():
+        return uri
+    view = Path(uri + ".html")
+    if not view.exists():
+        try:
+            os.link(uri, view)
+        except OSError:
+            shutil.copyfile(uri, view)
+    return str(view)
+
+
+def with_html_views(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary with every report path a `.html` view (html_view)."""
+    summary["validation_report"] = html_view(summary.get("validation_report"))
+    summary["reports"] = [html_view(r) for r in summary.get("reports") or []]
+    for entry in [summary.get("teacher"), *(summary.get("students") or [])]:
+        if entry:
+            entry["report"] = html_view(entry.get("report"))
+    return summary
+
+
+def log_to_parent(summary: Mapping[str, Any], text: str) -> str | None:
+    """The summary table and every report as artifacts of the pipeline's MLflow parent
+    run; returns a warning instead of raising (the run itself is over and recorded)."""
+    parent = summary.get("mlflow_parent_run_id")
+    if not parent:
+        return None
+    named = [("validation.html", summary.get("validation_report"))]
+    if summary.get("teacher"):
+        named.append(("eval-teacher.html", summary["teacher"].get("report")))
+    for student in summary.get("students") or []:
+        named.append((f"eval-student-{student.get('variant')}.html", student.get("report")))
+    try:
+        import shutil
+        import tempfile
+
+        from components.tracking import client_for
+
+        client = client_for(summary.get("tracking_uri"))
+        client.log_text(parent, text + "\n", "summary.txt")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, report in named:
+                if report and Path(report).is_file():
+                    shutil.copyfile(report, Path(tmp) / name)
+            client.log_artifacts(parent, tmp, "reports")
+    except Exception as e:
+        return f"could not log the summary to MLflow run {parent}: {e}"
+    return None
 
 
 def _fmt(value: Any) -> str:
@@ -604,13 +682,14 @@ def run_arguments(args: argparse.Namespace, known: Mapping[str, Any]) -> dict[st
 
 
 def dag_task_names(pipeline: Any) -> dict[str, str]:
-    """{`condition-4`: `condition-4 (gate-passed)`}: the runner logs nested DAGs (branches,
-    loops) by generated names; the summary shows the names the DAG gives them."""
+    """{`condition-4`: `gate-passed`, `evaluate-2`: `evaluate-student`}: the runner logs
+    tasks and nested DAGs (branches, loops) by KFP's generated names; the summary shows
+    the names the DAG gives them."""
     out = {}
     for comp in pipeline.pipeline_spec.components.values():
         for key, task in comp.dag.tasks.items():
             if task.task_info.name and task.task_info.name != key:
-                out[key] = f"{key} ({task.task_info.name})"
+                out[key] = task.task_info.name
     return out
 
 
@@ -683,6 +762,7 @@ def run_local(args: argparse.Namespace) -> int:
     else:
         image, runner = LOCAL_IMAGE, local.SubprocessRunner(use_venv=False)
     pipeline = build_pipeline(image)
+    names = dag_task_names(pipeline)
     local.init(runner=runner, pipeline_root=str(root), enable_caching=not args.no_cache)
     console = None if args.quiet else sys.stderr
     if console is not None:
@@ -695,24 +775,24 @@ def run_local(args: argparse.Namespace) -> int:
     t0 = time.time()
     error = None
     with open(log_path, "w") as log:
-        run_log = RunLog(log, console)
+        run_log = RunLog(log, console, names=names)
         with _capture(run_log):
             try:
                 pipeline(**arguments)
             except RuntimeError as e:  # the runner's "finished with status FAILURE"
                 error = _ANSI.sub("", str(e))
         run_log.write("\n")
-    names = dag_task_names(pipeline)
-    for rec in run_log.steps:
-        rec.name = names.get(rec.name, rec.name)
     created = sorted(set(root.glob(f"{PIPELINE_NAME}-*")) - before)
     run_dir = created[-1] if created else None
-    summary = build_summary(run_dir, run_log.steps, error)
+    summary = with_html_views(build_summary(run_dir, run_log.steps, error))
     if error and summary["data"] and summary["data"].get("passed") is False:
         summary["error"] = "the dataset failed validation; nothing was trained"
     summary |= {"log": str(log_path), "wall_s": round(time.time() - t0, 1), "arguments": arguments}
-    print(format_summary(summary))
+    text = format_summary(summary)
+    print(text)
     print(f"{'wall time:':<19}{summary['wall_s']} s")
+    if warning := log_to_parent(summary, text):
+        print(f"tipsv2 run: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, default=str))
     return 1 if error else 0

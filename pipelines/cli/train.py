@@ -205,6 +205,9 @@ def _train_locked(args: argparse.Namespace, cfg, out: str, tracking: dict) -> in
                           **last_losses(result.history)}))  # fmt: skip
     else:
         print(json.dumps(_run_on_ray(args, cfg, out, tracking)))
+    from components.curves import write_curves
+
+    write_curves(out)  # curves.csv for `dvc plots` (DVC does not read JSON lines)
     return 0
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipelines.cli.common import resolve_checkpoint
+
 CHECKPOINT_HELP = (
     "native checkpoint, official npz pair prefix, or an ONNX export directory (`tipsv2 "
-    "export`; segment uses its image_values graph) or one of its .onnx files"
+    "export`; segment uses its image_values graph) or one of its .onnx files, or a "
+    "registered model, models:/NAME@ALIAS or models:/NAME/VERSION (its export)"
 )
 
 
@@ -64,6 +67,7 @@ def _open(path: str):
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
     import numpy as np
 
     from pipelines.cli.evaluate import find_tokenizer
@@ -91,6 +95,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
     from tipsv2_core.eval.visualize import pca_features
 
     model = _load(args)

@@ -123,13 +123,15 @@ def write_synthetic_dataset(
     workers: int = 1,
     progress: bool = True,
     world: str = DEFAULT_WORLD,
+    name: str | None = None,
 ) -> Path:
     """Generates `num_images` scenes of `world` (worlds.WORLDS) into a dataset directory
     at `out` (path or file://).
 
     Everything is written to a hidden sibling directory, which replaces `out` only once
     complete (COMPLETE written last); a failed run leaves a previous dataset at `out`
-    untouched. Returns the dataset path.
+    untouched. name: the dataset's name in its card (default: the folder's), which
+    evaluation metrics carry (`eval/<task>/<name>-<split>/...`). Returns the dataset path.
     """
     check_image_size(image_size)
     if num_images < 1 or shard_size < 1 or workers < 1 or seed < 0:
@@ -168,7 +170,7 @@ def write_synthetic_dataset(
         write_json(
             tmp / "dataset_card.json",
             {
-                "name": path.name,
+                "name": name or path.name,
                 "format_version": FORMAT_VERSION,
                 "source": SOURCE,
                 "generator": {

@@ -43,6 +43,8 @@ class ReportData:
     )
     pca: list[tuple[str, Image.Image]] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
+    # (class name, RGB): the one palette of ground truth and prediction, shown as a legend
+    legend: list[tuple[str, tuple[int, int, int]]] = field(default_factory=list)
 
 
 def _png(img: Image.Image) -> str:
@@ -58,8 +60,16 @@ def _figure_png(fig) -> Image.Image:
     return Image.open(buf).convert("RGB")
 
 
+def _per_class(metrics: dict[str, float]) -> list[tuple[str, float]]:
+    """(class, IoU), best first."""
+    rows = [(k.split("/iou/")[-1], v) for k, v in metrics.items() if "/iou/" in k]
+    return sorted(rows, key=lambda r: (-r[1], r[0]))
+
+
 def _iou_chart(metrics: dict[str, float]) -> Image.Image | None:
-    rows = sorted((k.split("/iou/")[-1], v) for k, v in metrics.items() if "/iou/" in k)
+    """Bars best first, each labelled with its value; the axis ends just past the best
+    class (not at 1), so that small IoUs stay visible and zeros read as 0."""
+    rows = _per_class(metrics)
     if not rows:
         return None
     import matplotlib
@@ -67,9 +77,13 @@ def _iou_chart(metrics: dict[str, float]) -> Image.Image | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, max(2.0, 0.25 * len(rows))))
-    ax.barh([r[0] for r in rows], [r[1] for r in rows], color="#4a7ab5")
-    ax.set_xlim(0, 1)
+    fig, ax = plt.subplots(figsize=(8, max(2.0, 0.3 * len(rows))))
+    names, values = [r[0] for r in rows][::-1], [r[1] for r in rows][::-1]
+    ax.barh(names, values, color="#4a7ab5")
+    top = min(1.0, max(0.05, max(values) * 1.25))
+    for y, v in enumerate(values):
+        ax.text(v + top * 0.01, y, f"{v:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, top)
     ax.set_xlabel("IoU")
     img = _figure_png(fig)
     plt.close(fig)
@@ -115,6 +129,17 @@ def _learning_chart(history: list[dict[str, float]]) -> Image.Image | None:
     return _curves(history, keys, "probe/", "held-out score (fraction)")
 
 
+def _legend(legend: list[tuple[str, tuple[int, int, int]]]) -> str:
+    """The class colours of ground truth and prediction (one palette for both)."""
+    items = "".join(
+        f'<span style="display:inline-block;margin-right:1em"><span style="display:inline-block;'
+        f"width:1em;height:1em;vertical-align:middle;border:1px solid #888;"
+        f'background:rgb({r},{g},{b})"></span> {html.escape(name)}</span>'
+        for name, (r, g, b) in legend
+    )
+    return f'<p class="legend">{items}</p>'
+
+
 def _table(rows: list[tuple[str, str]]) -> str:
     body = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>" for a, b in rows)
     return f"<table>{body}</table>"
@@ -141,7 +166,10 @@ def write_report(data: ReportData, out: str | os.PathLike) -> Path:
     parts.append(
         f'<img src="{_png(plots["per_class_iou"])}">' if plots["per_class_iou"] else "<p>none</p>"
     )
+    parts.append(_table([(k, f"{v:.4f}") for k, v in _per_class(data.metrics)]))
     parts.append("<h2>Predictions</h2><p>image | ground truth | prediction</p>")
+    if data.legend:
+        parts.append(_legend(data.legend))
     for key, *images in data.predictions:
         cells = "".join(f'<img src="{_png(im)}">' for im in images)
         parts.append(f"<div><b>{html.escape(key)}</b><br>{cells}</div>")

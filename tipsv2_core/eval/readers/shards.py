@@ -63,7 +63,8 @@ def shard_eval_datasets(
     info = open_dataset(path)
     names = info.class_names
     classes = names if background else names[1:]
-    label_name = name or f"{info.path.name}-{split}"
+    # The dataset's own name (its card's), not the folder a pipeline happens to store it in.
+    label_name = name or f"{info.card.get('name') or info.path.name}-{split}"
     seg, caps, cls = [], [], []
     for sample in iter_samples(path, split):
         if limit is not None and len(seg) >= limit:
