@@ -19,6 +19,7 @@ from pipelines.cli import (
     models,
     pipeline,
     runs,
+    serve,
     stack,
     tokenizer,
     train,
@@ -38,6 +39,7 @@ GROUPS = (
     runs,
     models,
     pipeline,
+    serve,
 )
 
 DESCRIPTION = """\
