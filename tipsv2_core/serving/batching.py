@@ -100,7 +100,8 @@ class Batcher:
     async def submit(self, payload: Any, rows: int, key: Hashable, timeout_s: float) -> Any:
         """Queues one request and waits for its result (QueueFull, TimeoutError)."""
         assert self._wake is not None, "Batcher.start() was not called"
-        if self._queued_rows + rows > self.max_queue:
+        # A request larger than the whole queue is still admitted into an empty queue.
+        if self._queued_rows and self._queued_rows + rows > self.max_queue:
             batches_ahead = 1 + self._queued_rows // self.max_batch
             raise QueueFull(self.name, self._queued_rows, max(1.0, batches_ahead * self._batch_s))
         item = _Item(payload, rows, key, asyncio.get_running_loop().create_future())
