@@ -110,6 +110,9 @@ def build(args: argparse.Namespace):
             metrics.served(settings.name, version, slot.current.precision)
 
     if is_model_uri(args.model):
+        from components.settings import configure
+
+        configure()  # the local stack's S3 endpoint and credentials, where one runs
         ref = parse_model_uri(args.model)
         if ref.name is None:
             raise ValueError(f"{args.model}: serve models:/NAME@ALIAS or models:/NAME/VERSION")
