@@ -24,6 +24,8 @@ from components import stack
 from components.promote import promote, rollback
 from components.registry import register_export
 from components.settings import read_env_file
+from components.steps.deploy import TAG_SERVED, TAG_TARGET, deploy_model
+from components.tracking import client_for
 from tests.conftest import randomize_
 from tests.test_serve import b64, running_server, tensor
 from tipsv2_core.export import export_checkpoint
@@ -66,9 +68,12 @@ def versions(tmp_path_factory, uri) -> dict[str, str]:
         torch.manual_seed(seed)
         model = randomize_(TIPSModel("nano14"), seed=seed).eval()
         ckpt = save_model(model, d / label / "native")
+        # The image encoder only: what the load below sends (an export is minutes of
+        # CPU on a busy 2-core machine; the text and values graphs would double it).
         exports[label] = export_checkpoint(
-            ckpt, d / label / "onnx", image_sizes=(SIZE,), batches=(1, 2)
-        ).path
+            ckpt, d / label / "onnx", image_sizes=(SIZE,), batches=(1, 2),
+            graphs=("image_encoder",),
+        ).path  # fmt: skip
     bad = d / "bad" / "onnx"
     shutil.copytree(exports["a"], bad)
     meta = json.loads((bad / "export_meta.json").read_text())
@@ -166,6 +171,10 @@ def test_promote_and_rollback_swap_live_without_a_failed_request(
                 time.sleep(0.1)
             metrics = requests.get(f"{url}/metrics").text
             status = requests.get(f"{url}/api/status").json()
+            # The DAG's deploy step, locally: records the version the server answers with.
+            deployed = deploy_model(NAME, a, tracking_uri=uri, serve_url=url, timeout_s=30)
+            with pytest.raises(ValueError, match="is not the champion"):
+                deploy_model(NAME, b, tracking_uri=uri, serve_url=url)
     finally:
         if env_home is None:
             os.environ.pop("TIPSV2_HOME", None)
@@ -182,6 +191,9 @@ def test_promote_and_rollback_swap_live_without_a_failed_request(
     assert status["version"] == a, "the refused version must leave the old one serving"
     assert 'tipsv2_serve_swaps_total{result="ok"} 3.0' in metrics
     assert 'tipsv2_serve_swaps_total{result="refused"} 1.0' in metrics
+    assert deployed["served_version"] == a
+    tags = client_for(uri).get_model_version(NAME, a).tags
+    assert tags[TAG_SERVED] == a and tags[TAG_TARGET] == f"local:{url}"
     assert f'tipsv2_serve_model_info{{name="{NAME}",version="{a}",precision="fp32"}} 1.0' in metrics
 
 
@@ -195,3 +207,28 @@ def image_png(tmp_path_factory) -> str:
     buf = io.BytesIO()
     Image.fromarray((rng.random((100, 120, 3)) * 255).astype(np.uint8)).save(buf, "PNG")
     return b64(buf.getvalue())
+
+
+def test_stack_up_serve_starts_the_server_beside_mlflow(home, uri, versions, capsys):
+    """`tipsv2 stack up --serve` (its library call) and `tipsv2 stack status`."""
+    from components import stack_serve
+    from pipelines.cli import main as cli_main
+
+    model = f"models:/{NAME}@champion"
+    try:
+        assert stack_serve.up(home, model=model, extra_args=("--image-size", str(SIZE))) == (
+            "started"
+        )
+        assert stack_serve.up(home, model=model) == "already running"
+        deadline = time.monotonic() + 180
+        while (st := stack_serve.status(home))["version"] is None:
+            assert time.monotonic() < deadline, st
+            time.sleep(0.5)
+        champion = client_for(uri).get_model_version_by_alias(NAME, "champion").version
+        assert st["state"] == "running" and st["ready"] and st["version"] == champion
+        assert cli_main(["stack", "--home", str(home), "status"]) == 0
+        out = capsys.readouterr().out
+        assert "serve   running" in out and f"version {champion}" in out
+    finally:
+        assert stack_serve.down(home) == "stopped"
+    assert stack_serve.status(home)["state"] == "stopped"

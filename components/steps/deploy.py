@@ -67,7 +67,12 @@ def local_served_version(url: str, want: str, timeout_s: float) -> str | None:
 
 
 def deploy_model(
-    name: str, version: str, *, serve_url: str | None = None, timeout_s: float = 120.0
+    name: str,
+    version: str,
+    *,
+    tracking_uri: str | None = None,
+    serve_url: str | None = None,
+    timeout_s: float = 120.0,
 ) -> dict[str, Any]:
     """Deploys `version` of `name`, which must be the champion now (the step runs only
     after a promotion). serve_url: a running server to confirm (default: the local
@@ -76,8 +81,9 @@ def deploy_model(
     from components.settings import configure
     from components.tracking import client_for
 
-    configure()
-    client = client_for()
+    if tracking_uri is None:
+        configure()
+    client = client_for(tracking_uri)
     champion = alias_version(client, name, CHAMPION)
     if champion != str(version):
         raise ValueError(
