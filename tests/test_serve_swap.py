@@ -159,6 +159,10 @@ def test_promote_and_rollback_swap_live_without_a_failed_request(
             client.wait_for_version(b)
             rollback(NAME, a, reason="swap test", tracking_uri=uri)
             client.wait_for_version(a)
+            # The DAG's deploy step, locally: records the version the server answers with.
+            deployed = deploy_model(NAME, a, tracking_uri=uri, serve_url=url, timeout_s=30)
+            with pytest.raises(ValueError, match="is not the champion"):
+                deploy_model(NAME, b, tracking_uri=uri, serve_url=url)
             promote(NAME, bad, force=True, reason="a broken export", tracking_uri=uri)
             deadline = time.monotonic() + 120
             while True:
@@ -171,10 +175,6 @@ def test_promote_and_rollback_swap_live_without_a_failed_request(
                 time.sleep(0.1)
             metrics = requests.get(f"{url}/metrics").text
             status = requests.get(f"{url}/api/status").json()
-            # The DAG's deploy step, locally: records the version the server answers with.
-            deployed = deploy_model(NAME, a, tracking_uri=uri, serve_url=url, timeout_s=30)
-            with pytest.raises(ValueError, match="is not the champion"):
-                deploy_model(NAME, b, tracking_uri=uri, serve_url=url)
     finally:
         if env_home is None:
             os.environ.pop("TIPSV2_HOME", None)

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from components.serving.server import add_arguments
+    from components.serving.options import add_arguments
 
     p = sub.add_parser(
         "serve",
