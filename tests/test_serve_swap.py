@@ -22,7 +22,7 @@ import torch
 
 from components import stack
 from components.promote import promote, rollback
-from components.registry import register_export
+from components.registry import alias_version, register_export
 from components.settings import read_env_file
 from components.steps.deploy import TAG_SERVED, TAG_TARGET, deploy_model
 from components.tracking import client_for
@@ -224,8 +224,10 @@ def test_stack_up_serve_starts_the_server_beside_mlflow(home, uri, versions, cap
 
     model = f"models:/{NAME}@champion"
     # A servable champion, whatever the test above left (it ends on the refused version).
-    champion = client_for(uri).get_model_version_by_alias(NAME, "champion").version
-    if champion != versions["a"]:
+    champion = alias_version(client_for(uri), NAME, "champion")
+    if champion is None:
+        promote(NAME, versions["a"], force=True, reason="stack test", tracking_uri=uri)
+    elif champion != versions["a"]:
         rollback(NAME, versions["a"], reason="stack test", tracking_uri=uri)
     try:
         assert stack_serve.up(home, model=model, extra_args=("--image-size", str(SIZE))) == (
