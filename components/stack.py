@@ -261,7 +261,8 @@ def _alive(pid: int) -> bool:
 
 def _is_service(pid: int, service: str) -> bool:
     """Guards against a reused pid: the process's command line must name the service."""
-    marker = {"s3": b"juicefs", "mlflow": b"mlflow"}[service]
+    # "serve": the optional model server (components.stack_serve).
+    marker = {"s3": b"juicefs", "mlflow": b"mlflow", "serve": b"components.serving"}[service]
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

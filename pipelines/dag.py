@@ -5,7 +5,7 @@
         ─► evaluate (teacher) ─┐
         ─► [ParallelFor student] distill ─► evaluate (student) ─┤
         ─► select-candidate ─► export-onnx (parity) ─► register-model ─► gate-decision
-        ─► [If gate passed] promote-model
+        ─► [If gate passed] promote-model ─► [If promoted] deploy-model
     [Else: validation failed] stop-on-invalid-data (raises with the GX summary)
     exit handler: finish-run (ends the MLflow parent run with the final state)
 
@@ -372,6 +372,16 @@ def promote_model(model_name: str, model_version: str, primary_metric: str, rule
     return promote(model_name, model_version, primary_metric, rules)["action"]
 
 
+def deploy_model(model_name: str, model_version: str) -> str:
+    """Puts the new champion behind the serving endpoint (a KServe rollout on a cluster;
+    locally the version the stack's server answers with) and records it."""
+    import json
+
+    from components.steps import deploy_model as deploy
+
+    return json.dumps(deploy(model_name, model_version))
+
+
 def finish_run(
     status: dsl.PipelineTaskFinalStatus, pipeline_run_id: str, pipeline_run_name: str,
     experiment: str,
@@ -402,6 +412,7 @@ COMPONENT_FUNCTIONS: tuple[Callable[..., Any], ...] = (
     register_model,
     gate_decision,
     promote_model,
+    deploy_model,
     finish_run,
 )
 
@@ -483,7 +494,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="TIPSv2: data -> validate -> version -> tokenizer -> pretrain -> distill "
-        "-> evaluate -> export (ONNX parity) -> register -> promote",
+        "-> evaluate -> export (ONNX parity) -> register -> promote -> deploy",
     )
     def tipsv2(
         recipe: str = "demo",
@@ -640,6 +651,13 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
                         rules=promotion,
                     )
                     _step(promoted, image, tracking=True)
+                    # Only a version that became the champion is deployed (the gate can
+                    # pass and the move still be refused: the champion moved meanwhile).
+                    with dsl.If(promoted.output == "promoted", name="promoted"):
+                        deployed = ops["deploy_model"](
+                            model_name=model_name, model_version=registered.output
+                        )
+                        _step(deployed, image, tracking=True)
 
             with dsl.Else(name="data-invalid"):
                 # No retry: a dataset that failed the gate fails it again.

@@ -48,11 +48,12 @@ STEPS = {
     "register-model",
     "gate-decision",
     "promote-model",
+    "deploy-model",
     "finish-run",
 }
 RETRIED = STEPS - {"stop-on-invalid-data"}
 TRACKING = {"finish-run", "evaluate", "evaluate-2", "register-model", "gate-decision"}
-TRACKING |= {"promote-model", "pretrain", "distill"}
+TRACKING |= {"promote-model", "deploy-model", "pretrain", "distill"}
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,7 @@ def test_data_flows_as_designed(ir):
         "register-model": {"export-onnx", "select-candidate", "version-data"},
         "gate-decision": {"register-model", "select-candidate"},
         "promote-model": {"register-model", "select-candidate"},
+        "deploy-model": {"register-model", "promote-model"},
         "stop-on-invalid-data": {"validate-data"},
     }
     for task, want in edges.items():
@@ -206,6 +208,15 @@ def test_promotion_is_conditional_on_the_gate_decision(ir):
     ]
     assert "inputs.parameter_values['pipelinechannel--gate-decision-Output'] == true" in conds
     assert "gate-decision" not in [a for a in _ancestors(ir, "register-model")]
+
+
+def test_deploy_runs_only_after_a_promotion(ir):
+    t = ir["tasks"]
+    conds = [
+        t[a].get("triggerPolicy", {}).get("condition", "") for a in _ancestors(ir, "deploy-model")
+    ]
+    assert "inputs.parameter_values['pipelinechannel--gate-decision-Output'] == true" in conds
+    assert "inputs.parameter_values['pipelinechannel--promote-model-Output'] == 'promoted'" in conds
 
 
 def test_promotion_rules_are_a_parameter_checked_up_front(ir):

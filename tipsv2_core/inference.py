@@ -28,11 +28,16 @@ def load_image(path: str | os.PathLike, image_size: int) -> torch.Tensor:
     """An image file as a [3, S, S] float tensor in [0, 1]."""
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+            return image_tensor(img, image_size)
     except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path}: cannot read image ({e})") from None
     except Image.DecompressionBombError as e:  # a header claiming billions of pixels
         raise ValueError(f"{path}: refused, a decompression bomb ({e})") from None
+
+
+def image_tensor(img: Image.Image, image_size: int) -> torch.Tensor:
+    """An opened image as a [3, S, S] float tensor in [0, 1]: RGB, bilinear resize to S×S."""
+    img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1)
 
@@ -62,14 +67,31 @@ def embed_images(
     out: dict[str, list[np.ndarray]] = {"cls1": [], "cls2": [], "patch_tokens": []}
     for chunk in _batches(list(paths), batch_size):
         images = torch.stack([load_image(p, image_size) for p in chunk]).to(device)
-        res = model(images)
-        for name in ("cls1", "cls2", *(("patch_tokens",) if patch_tokens else ())):
-            check_finite(getattr(res, name), f"image embeddings ({name}) of {chunk[0]}…")
-        out["cls1"].append(l2_normalize(res.cls1).float().cpu().numpy())
-        out["cls2"].append(l2_normalize(res.cls2).float().cpu().numpy())
-        if patch_tokens:
-            out["patch_tokens"].append(res.patch_tokens.float().cpu().numpy())
+        for k, v in embed_pixels(model, images, patch_tokens, f"{chunk[0]}…").items():
+            out[k].append(v)
     return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+@torch.inference_mode()
+def embed_pixels(
+    model: VisionTransformer,
+    images: torch.Tensor,
+    patch_tokens: bool = False,
+    source: str = "the batch",
+) -> dict[str, np.ndarray]:
+    """Prepared images [B, 3, S, S] in [0, 1] -> {'cls1': [B, D], 'cls2': [B, D],
+    ('patch_tokens': [B, S/14, S/14, D])}, the CLS tokens L2-normalised. Non-finite
+    outputs raise NonFiniteError naming `source`."""
+    res = model(images)
+    for name in ("cls1", "cls2", *(("patch_tokens",) if patch_tokens else ())):
+        check_finite(getattr(res, name), f"image embeddings ({name}) of {source}")
+    out = {
+        "cls1": l2_normalize(res.cls1).float().cpu().numpy(),
+        "cls2": l2_normalize(res.cls2).float().cpu().numpy(),
+    }
+    if patch_tokens:
+        out["patch_tokens"] = res.patch_tokens.float().cpu().numpy()
+    return out
 
 
 @torch.inference_mode()

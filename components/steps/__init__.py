@@ -1,7 +1,8 @@
 """Glue of the Kubeflow pipeline (`pipelines/dag.py`): one plain function per DAG step,
 in one module per stage: `data` (curate, validate, version, plan), `train` (pretrain and
 distil on Ray Train), `evaluate` (evaluate, pick the candidate), `release` (export,
-register, gate, promote, close the run).
+register, gate, promote, close the run) and `deploy` (the champion behind the
+serving endpoint).
 
 Each `@dsl.component` in the DAG is a few lines that import one function from here and
 call it with the artifact paths KFP hands it, so everything a step does can be read and
@@ -23,6 +24,7 @@ from components.steps.data import (
     stop_pipeline,
     validate_dataset,
 )
+from components.steps.deploy import deploy_model
 from components.steps.evaluate import EVAL_TASKS, copy_model, evaluate_model, select_candidate
 from components.steps.release import (
     check_promotion_rules,
@@ -40,6 +42,7 @@ __all__ = [
     "check_validation_config",
     "copy_model",
     "data_version",
+    "deploy_model",
     "evaluate_model",
     "export_model",
     "finish_pipeline_run",

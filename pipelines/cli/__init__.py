@@ -20,6 +20,7 @@ from pipelines.cli import (
     pipeline,
     reproduce,
     runs,
+    serve,
     stack,
     tokenizer,
     train,
@@ -40,6 +41,7 @@ GROUPS = (
     models,
     reproduce,
     pipeline,
+    serve,
 )
 
 DESCRIPTION = """\

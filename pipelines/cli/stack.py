@@ -73,6 +73,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--timeout", type=float, default=None, help="seconds to wait for each health check"
     )
+    up.add_argument(
+        "--serve",
+        action="store_true",
+        help="also start the model server (tipsv2 serve) following --serve-model",
+    )
+    up.add_argument(
+        "--serve-model",
+        default="models:/tipsv2@champion",
+        help="what the server serves (default models:/tipsv2@champion)",
+    )
+    up.add_argument("--serve-port", type=_port, default=None, help="default: any free port")
     up.set_defaults(handler=run_up)
 
     down = ops.add_parser("down", help="stop the services (data, logs and env file stay)")
@@ -120,29 +131,48 @@ def run_up(args: argparse.Namespace) -> int:
     status = stack.status(args.home)
     for name, action in actions.items():
         print(f"{name:<7} {action:<16} {status.service(name).url}")
+    if getattr(args, "serve", False):
+        from components import stack_serve
+
+        try:
+            action = stack_serve.up(args.home, model=args.serve_model, port=args.serve_port)
+        except stack.StackError as e:
+            print(f"tipsv2 stack up: error: {e}", file=sys.stderr)
+            return 1
+        print(f"{'serve':<7} {action:<16} {stack_serve.url(args.home)}")
     print(f"env file {status.env_file} (mode 600; `source` it to use the stack from a shell)")
     return 0
 
 
 def run_down(args: argparse.Namespace) -> int:
-    from components import stack
+    from components import stack, stack_serve
 
     try:
+        served = stack_serve.down(args.home)  # first: it reads from MLflow and the gateway
         actions = stack.down(args.home)
     except stack.StackError as e:
         print(f"tipsv2 stack down: error: {e}", file=sys.stderr)
         return 1
     for name, action in actions.items():
         print(f"{name:<7} {action}")
+    if served != "not running":
+        print(f"{'serve':<7} {served}")
     return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from components import stack
+    from components import stack, stack_serve
 
     status = stack.status(args.home)
+    serve = stack_serve.status(args.home)  # optional: shown when it was ever started
     if args.json:
-        print(json.dumps(status.to_json(), indent=2))
+        print(json.dumps(status.to_json() | ({"serve": serve} if serve else {}), indent=2))
     else:
         _print_status(status)
+        if serve:
+            version = serve.get("version") or "-"
+            print(
+                f"{'serve':<7} {serve['state']:<10} {serve['url']:<24} model {serve['model']} "
+                f"version {version}"
+            )
     return 0 if status.healthy else 1
