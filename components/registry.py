@@ -712,8 +712,12 @@ def resolve_model_uri(
     tmp = temporary_sibling(final)
     try:
         got = Path(
+            # The client's server, not the process-wide default: an mlflow-artifacts: URI
+            # is fetched through whichever tracking server MLflow is told to use.
             download_artifacts(
-                artifact_uri=f"{location.rstrip('/')}/{EXPORT_ARTIFACTS}", dst_path=str(tmp)
+                artifact_uri=f"{location.rstrip('/')}/{EXPORT_ARTIFACTS}",
+                dst_path=str(tmp),
+                tracking_uri=client.tracking_uri,
             )
         )
         if not (got / "COMPLETE").is_file():

@@ -375,7 +375,9 @@ def test_whole_pipeline_as_an_experiment_compared_by_exp_show(project, env, tmp_
     assert not plots.get("errors"), plots["errors"]
     for name in ("teacher-loss", "student-loss"):
         values = plots["data"][name][0]["content"]["data"]["values"]
-        assert values and all(v["field"].startswith("train/") for v in values), name
+        # (DVC names the plotted column in "field" only when a plot has several.)
+        assert values and all(v.get("field", "train/loss").startswith("train/") for v in values)
+        assert all(float(v["train/loss"]) > 0 for v in values), name
     table = json.loads(run_dvc(["exp", "show", "--json"], clone, env=env).stdout)
     runs = [e for row in table for e in (row.get("experiments") or [])]
     assert runs, "no experiment in `dvc exp show`"

@@ -582,7 +582,8 @@ def test_tipsv2_run_smoke_in_containers(image, docker_host, tmp_path):
     assert s["status"] == "SUCCEEDED" and s["error"] is None
     statuses = {step["step"]: step["status"] for step in s["steps"]}
     assert statuses.pop("data-invalid", "skipped") == "skipped"
-    assert set(statuses.values()) == {"SUCCESS"} and len(statuses) == 15, statuses
+    # 16 steps: the 15 of the DAG that run, and deploy-model after the promotion.
+    assert set(statuses.values()) == {"SUCCESS"} and len(statuses) == 16, statuses
     assert s["data"]["num_samples"] == SMOKE_IMAGES and s["data"]["passed"] is True
     assert [x["variant"] for x in s["students"]] == ["nano14"]
     miou = [k for k in s["teacher"]["metrics"] if k.endswith("/miou") and "zeroshot" in k]

@@ -135,6 +135,9 @@ def train_model(
             "pipeline_run_id": group,
             "datasets": [dataset_input(data, version, "training")],
             "system_metrics": True,
+            # MLflow logs a sample only once its interval has passed: at 5 s a smoke run's
+            # training (a few seconds) would end with no system metrics at all.
+            "system_metrics_interval_s": 1.0,
         }
     cpus = _cpus(cpu_limit)
     spec = RayTrainSpec(
