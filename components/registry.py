@@ -635,23 +635,29 @@ def parse_model_uri(uri: str) -> ModelRef:
     )
 
 
+def _model_version(client: MlflowClient, ref: ModelRef, uri: str) -> ModelVersion:
+    """The registry entry `ref` (a parsed models:/NAME@ALIAS or /VERSION) names;
+    RegistryError naming `uri` when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    assert ref.name is not None
+    try:
+        if ref.alias is not None:
+            return client.get_model_version_by_alias(ref.name, ref.alias)
+        return client.get_model_version(ref.name, str(ref.version))
+    except MlflowException as e:
+        raise RegistryError(f"{uri}: not found in the registry ({e.error_code})") from None
+
+
 def native_checkpoint(uri: str, *, tracking_uri: str | None = None) -> Path:
     """The native checkpoint a registered version was exported from (its
     `checkpoint_uri`), for commands that need PyTorch weights; RegistryError when it is not
     recorded or not reachable from here (the registry itself keeps the ONNX export only)."""
-    from mlflow.exceptions import MlflowException
 
     ref = parse_model_uri(uri)
     if ref.name is None:
         raise RegistryError(f"{uri}: name a registered model (models:/NAME@ALIAS or /VERSION)")
-    client = client_for(tracking_uri)
-    try:
-        if ref.alias is not None:
-            mv = client.get_model_version_by_alias(ref.name, ref.alias)
-        else:
-            mv = client.get_model_version(ref.name, str(ref.version))
-    except MlflowException as e:
-        raise RegistryError(f"{uri}: not found in the registry ({e.error_code})") from None
+    mv = _model_version(client_for(tracking_uri), ref, uri)
     source = (mv.tags or {}).get(TAG_CHECKPOINT, "")
     path = Path(source.removeprefix("file://"))
     if not source or source == UNKNOWN or not (path / "meta.json").is_file():
@@ -689,14 +695,7 @@ def resolve_model_uri(
     client = client_for(tracking_uri)
     model_id = ref.model_id
     if model_id is None:
-        assert ref.name is not None
-        try:
-            if ref.alias is not None:
-                mv = client.get_model_version_by_alias(ref.name, ref.alias)
-            else:
-                mv = client.get_model_version(ref.name, str(ref.version))
-        except MlflowException as e:
-            raise RegistryError(f"{uri}: not found in the registry ({e.error_code})") from None
+        mv = _model_version(client, ref, uri)
         model_id = _model_id(mv)
         if model_id is None:
             raise RegistryError(f"{uri}: version source {mv.source!r} is not a logged model")
