@@ -176,7 +176,9 @@ def parameter_counts(run: Path, row: Row) -> dict[str, float]:
 def step_time(run: Path, batch: int) -> float:
     """Median seconds per step over the logged intervals (the first one holds start-up)."""
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
-    rates = [r["train/images_per_s"] for r in rows[1:]] or [rows[0]["train/images_per_s"]]
+    # Learning-curve rows (`probe/*`) interleave with the training rows and carry no rate.
+    rates = [r["train/images_per_s"] for r in rows if "train/images_per_s" in r]
+    rates = rates[1:] or rates
     return batch / statistics.median(rates)
 
 

@@ -12,7 +12,15 @@ another seed:
 - token_acc: the same for the ordinary output patch tokens;
 - probe_acc: a ridge-regression probe on the frozen output patch tokens, fitted on the
   patches of the first half of the held-out scenes and scored on the second half: whether
-  the patch features hold the class at all, text or no text (the supervised bound).
+  the patch features hold the class at all, text or no text (the supervised bound);
+- own_value_acc: each patch's own projected value in the last block, alone (no residual,
+  no MLP): the part of the values trick that the CLS-level loss trains;
+- cls_path_acc: each patch read through the CLS's path, as if the last block's CLS1
+  attended to that patch only (CLS1's residual + the patch's value, the MLP, the norm);
+- broadcast_acc: every patch given the class the CLS predicts for the whole image — the
+  control that tells a per-patch readout from the image's class copied to every patch;
+- cls_path_meanctx_acc: cls_path_acc with the CLS1 residual replaced by its mean over the
+  held-out scenes, which removes the image-level context.
 
 The question it answers: does a well-aligned CLS carry its patches with it at this scale?
 The supervised reference (nano14 trained on the patch labels directly reaches ~71 % patch
@@ -40,6 +48,7 @@ from tipsv2_core.data.synthetic import generate_scene
 from tipsv2_core.data.worlds import get_world
 from tipsv2_core.eval.prompts import TCL_TEMPLATES, class_text_embeddings
 from tipsv2_core.models.tips import TIPSModel, l2_normalize
+from tipsv2_core.models.vision import NUM_PREFIX_TOKENS
 from tipsv2_core.text.tokenizer import Tokenizer, train_tokenizer
 
 PATCH = 14
@@ -91,6 +100,9 @@ def measure(model, tok, names, images, patch_lab, majority) -> dict[str, float]:
         return torch.einsum("bhwd,cd->bhwc", l2_normalize(feats.float()), ce).argmax(-1).numpy()
 
     values = scored(model.vision.forward_values(x))[keep]
+    alt = cls_path_features(model, x)
+    readouts = {k: (scored(f)[keep] == truth).mean() for k, f in alt.items()}
+    broadcast = np.broadcast_to(cls_pred[:, None, None], patch_lab.shape)[keep]
     probe = ridge_probe_accuracy(out.patch_tokens.float(), patch_lab, len(names))
     tokens = scored(out.patch_tokens)[keep]
     ious = [
@@ -104,7 +116,36 @@ def measure(model, tok, names, images, patch_lab, majority) -> dict[str, float]:
         "patch_miou": float(np.mean(ious)),
         "token_acc": float((tokens == truth).mean()),
         "probe_acc": probe,
+        "own_value_acc": float(readouts["own_value"]),
+        "cls_path_acc": float(readouts["cls_path"]),
+        "broadcast_acc": float((broadcast == truth).mean()),
+        "cls_path_meanctx_acc": float(readouts["cls_path_meanctx"]),
     }
+
+
+def cls_path_features(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Alternative readouts of the last block's values, each [n, h, w, D]: the patch's own
+    projected value; that value on CLS1's residual path (as if CLS1 attended to the patch
+    alone); and the same on the mean CLS1 residual of the batch (no image context)."""
+    v = model.vision
+    tokens = v.prepare_tokens(x)
+    for blk in v.blocks[:-1]:
+        tokens = blk(tokens)
+    last = v.blocks[-1]
+    values = last.ls1(last.attn.values(last.norm1(tokens)))[:, NUM_PREFIX_TOKENS:]  # [n, hw, D]
+    g = x.shape[-1] // PATCH
+
+    def through_cls(context: torch.Tensor) -> torch.Tensor:  # context [n or 1, 1, D]
+        y = context + values
+        return v.norm(y + last.ls2(last.mlp(last.norm2(y))))
+
+    cls_in = tokens[:, :1]
+    feats = {
+        "own_value": values,
+        "cls_path": through_cls(cls_in),
+        "cls_path_meanctx": through_cls(cls_in.mean(0, keepdim=True)),
+    }
+    return {k: f.reshape(len(x), g, g, -1) for k, f in feats.items()}
 
 
 def ridge_probe_accuracy(tokens: torch.Tensor, patch_lab: np.ndarray, num_classes: int) -> float:
