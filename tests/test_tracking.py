@@ -38,6 +38,7 @@ from components.tracking import (
     client_for,
     end_pipeline_run,
     flatten_config,
+    readable_key,
     sanitize_key,
 )
 from tipsv2_core.config import TrainConfig, apply_overrides, to_dict
@@ -520,7 +521,7 @@ def test_server_outage_is_survived_and_metrics_arrive_after_recovery(stack_home,
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
     run = client.get_run(late.run_id)
     assert run.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
-    assert run.data.metrics["eval/retrieval/synth/i2t_r_at_1"] == 0.5
+    assert run.data.metrics["eval/retrieval/synth/i2t_r:1"] == 0.5
 
 
 # --------------------------------------------------------------------------- tipsv2 runs
@@ -642,7 +643,10 @@ def test_scrubber_rules():
 
 @pytest.mark.unit
 def test_keys_and_config_flattening():
-    assert sanitize_key("eval/retrieval/coco/i2t_r@1") == "eval/retrieval/coco/i2t_r_at_1"
+    assert sanitize_key("eval/retrieval/coco/i2t_r@1") == "eval/retrieval/coco/i2t_r:1"
+    for name in ("eval/retrieval/coco/i2t_r@1", "eval/retrieval/coco/t2i_r@10", "train/loss"):
+        assert readable_key(sanitize_key(name)) == name  # reversible
+    assert sanitize_key("a:b@c") == "a_b:c"  # a name's own `:` is not read back as `@`
     assert sanitize_key("/train//loss%") == "train/loss_"
     flat = flatten_config(TrainConfig())
     assert flat["model.variant"] == "nano14" and flat["stages.0.steps"] == 100
