@@ -145,3 +145,23 @@ def test_misuse_is_one_line_exit_2_nothing_written(capsys, ws, argv, says, intac
     assert "Traceback" not in err and "hunter2" not in err
     assert {k: _snapshot(ws[k]) for k in intact} == before
     assert {p.name for p in ws["root"].iterdir()} == entries  # nothing new, no leftovers
+
+
+def test_a_server_that_never_answers_fails_fast_too(capsys):
+    """A tracking server that accepts connections and then says nothing (a hung process,
+    a firewall that drops replies): `runs list` and `promote` give up after the health
+    check's few seconds, in one line, instead of MLflow's minutes of retries."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes handshakes; nothing ever reads or replies
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        for argv in (["runs", "list"], ["promote", "m", "--version", "1"]):
+            start = time.monotonic()
+            rc = main([*argv, "--tracking-uri", uri])
+            took = time.monotonic() - start
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == 2 and len(err) == 1 and "does not answer" in err[0], err
+            assert took < 15, f"{argv[0]} took {took:.1f} s"
