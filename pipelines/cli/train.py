@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,9 +162,18 @@ def run_train(args: argparse.Namespace) -> int:
     out = strip_file_scheme(args.out)
     if Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"{out}: is a file, not a run directory")
-    from tipsv2_core.runlock import run_lock
+    from components.run_guard import guarded_run
 
-    with _sigterm_as_interrupt(), run_lock(out, "distillation" if args.distill else "training"):
+    kind = "distill" if args.distill else "pretrain"
+    with (
+        _sigterm_as_interrupt(),
+        guarded_run(
+            out, cfg, kind, accept_changes=args.accept_changes, resume=not args.no_resume
+        ) as accepted,
+    ):
+        if accepted:
+            said = "; ".join(c.describe() for c in accepted)
+            print(f"tipsv2: resuming {out} with accepted changes: {said}", file=sys.stderr)
         tracking = _tracking(args, cfg)
         # A standalone run is a pipeline of one step: it makes the parent run, so it ends
         # it too (a pipeline's orchestrator ends its own, named by $TIPSV2_PIPELINE_RUN_ID).
@@ -203,8 +213,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _train_locked(args: argparse.Namespace, cfg, out: str, tracking: dict) -> int:
     """The run itself, while this process holds the run directory's lock."""
-    if not args.no_resume:
-        _check_resume(Path(out), cfg, args.accept_changes)
     if args.no_ray:
         from tipsv2_core.train.runs import distill, pretrain
 
@@ -230,22 +238,6 @@ def _train_locked(args: argparse.Namespace, cfg, out: str, tracking: dict) -> in
 
     write_curves(out)  # curves.csv for `dvc plots` (DVC does not read JSON lines)
     return 0
-
-
-def _check_resume(out: Path, cfg, accept: bool) -> None:
-    """Refuses to resume `out` with other settings than its latest checkpoint's."""
-    import sys
-
-    from tipsv2_core.train.checkpointing import latest_checkpoint
-    from tipsv2_core.train.resume import check_resume
-
-    ckpt = latest_checkpoint(out)
-    if ckpt is None:
-        return
-    changes = check_resume(ckpt, cfg, accept=accept)
-    if changes:
-        said = "; ".join(c.describe() for c in changes)
-        print(f"tipsv2: resuming {ckpt} with accepted changes: {said}", file=sys.stderr)
 
 
 def _end_own_parent(tracking: dict, status: str) -> None:
