@@ -479,7 +479,7 @@ def _mlflow_credentials(p: StackPaths) -> tuple[str, str]:
         )
         if user and password:
             return user, password
-    return "tipsv2", secrets.token_urlsafe(24)
+    return "tipsv2-stack", secrets.token_urlsafe(24)
 
 
 def _credentials(p: StackPaths) -> tuple[str, str]:
