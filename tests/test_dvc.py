@@ -285,9 +285,11 @@ def test_push_to_the_stack_and_pull_into_an_empty_clone(project, env, s3_home, t
     objects = Storage(environ=env).list_files("s3://tipsv2/dvc")
     md5 = out_md5(project, "synth")
     assert f"files/md5/{md5[:2]}/{md5[2:]}" in objects
-    # The committed default remote, a folder below the project's own .tipsv2/, works too.
+    # The local remote works too: under the environment's $TIPSV2_HOME, not the
+    # committed path below the project.
     push(project, LOCAL_REMOTE, env=env)
-    assert (project / ".tipsv2" / "dvc-remote" / "files" / "md5").is_dir()
+    assert (Path(env["TIPSV2_HOME"]) / "dvc-remote" / "files" / "md5").is_dir()
+    assert not (project / ".tipsv2").exists()
 
     git(project, "add", "dvc.lock")
     git(project, "commit", "-q", "-m", "lock")
