@@ -25,7 +25,7 @@ from tipsv2_core.data.layout import (
     local_path,
 )
 
-__all__ = ["dataset_input", "dataset_name", "is_remote", "metadata_dir"]
+__all__ = ["dataset_input", "dataset_name", "is_remote", "metadata_dir", "publish"]
 
 
 def is_remote(uri: str | os.PathLike[str]) -> bool:
@@ -62,7 +62,9 @@ def metadata_dir(uri: str | os.PathLike[str]) -> Iterator[Path]:
     configure()  # the stack's S3 variables, unless the environment already names a store
     if not storage.exists(_child(text, COMPLETE_FILE)):
         raise DatasetError(
-            f"{text}: incomplete or missing dataset (no {COMPLETE_FILE} object); it is never read"
+            f"{text}: incomplete or missing dataset (no {COMPLETE_FILE} object); it is never "
+            "read (a write that did not finish leaves one; writing the dataset again "
+            "replaces it)"
         )
     with tempfile.TemporaryDirectory(prefix="tipsv2-meta-") as tmp:
         root = Path(tmp)
@@ -94,3 +96,32 @@ def dataset_input(uri: str, version: str, context: str) -> dict[str, str]:
     version (DVC md5 or manifest hash) as the digest, its URI as the source; context:
     "training" or "evaluation"."""
     return {"name": dataset_name(uri), "digest": version, "source": str(uri), "context": context}
+
+
+def publish(local: str | os.PathLike[str], out: str) -> None:
+    """Uploads the committed local dataset `local` to the s3:// prefix `out`, so that no
+    reader ever takes a partial dataset for a complete one, and none stays behind.
+
+    S3 has no rename, so the COMPLETE object is the commit: it is removed first (the old
+    dataset stops counting), then everything else under the prefix goes (the old
+    dataset's files, or what a killed write left there: swept here, by the next write),
+    the new files go up, and COMPLETE is written last. A write that fails or is
+    interrupted (Ctrl-C) removes what it uploaded; only a process killed outright
+    leaves a prefix without COMPLETE, which readers refuse (`metadata_dir`) until the
+    next write to it sweeps it.
+    """
+    root = Path(local)
+    store = storage.default_storage()
+    marker = _child(out, COMPLETE_FILE)
+    if store.exists(marker):  # first and alone: from here on no reader takes the prefix
+        where = storage.parse(marker)
+        store.client(out).delete_object(Bucket=where.bucket, Key=where.key)
+    store.delete_directory(out)
+    (root / COMPLETE_FILE).unlink(missing_ok=True)
+    try:
+        store.put_directory(root, out)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            store.delete_directory(out)
+        raise
+    store.write_bytes(marker, b"")

@@ -67,8 +67,8 @@ from components.tracking import (
     client_for,
     get_or_create_experiment,
     resolve_tracking_uri,
-    sanitize_key,
 )
+from components.tracking.scrub import key_candidates, lookup_metric, readable_key, sanitize_key
 from tipsv2_core.schema import build, parse_mapping
 
 if TYPE_CHECKING:
@@ -273,13 +273,21 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
+def _name(metric: str) -> str:
+    """A rule's metric as a reader writes it: `…/i2t_r@1` for `i2t_r@1`, `i2t_r:1` and
+    the older `i2t_r_at_1` alike."""
+    return readable_key(key_candidates(metric)[0])
+
+
 def evaluate_gate(
     challenger: VersionInfo, champion: VersionInfo | None, config: GateConfig
 ) -> GateResult:
     """Every rule of the module docstring, evaluated; nothing is read or written."""
     rules = [_parity_rule(challenger, config.parity_tolerance)]
-    primary = sanitize_key(config.primary_metric)
-    ch_value = challenger.metrics.get(primary)
+    # Rules name metrics as users write them (`i2t_r@1`); the lookups find a version's
+    # value whichever spelling its keys have (components.tracking.scrub.key_candidates).
+    primary = _name(config.primary_metric)
+    ch_value = lookup_metric(challenger.metrics, primary)
     if not _finite(ch_value):
         message = f"challenger has no value for {primary}"
         rules.append(RuleResult("primary", False, message, primary, challenger=ch_value))
@@ -300,7 +308,7 @@ def evaluate_gate(
 
     if _finite(ch_value):
         assert ch_value is not None
-        cp_value = champion.metrics.get(primary)
+        cp_value = lookup_metric(champion.metrics, primary)
         if not _finite(cp_value):
             # A champion without the metric cannot be compared on it: refuse, do not guess.
             message = f"champion v{champion.version} has no value for {primary}; cannot compare"
@@ -318,8 +326,8 @@ def evaluate_gate(
             rules.append(RuleResult("primary", ok, message, primary, ch_value, cp_value))
 
     for rule in config.secondary:
-        key = sanitize_key(rule.metric)
-        a, b = challenger.metrics.get(key), champion.metrics.get(key)
+        key = _name(rule.metric)
+        a, b = lookup_metric(challenger.metrics, key), lookup_metric(champion.metrics, key)
         if not _finite(a):
             message = f"challenger has no value for {key}"
             rules.append(RuleResult("secondary", False, message, key, a, b))
@@ -436,7 +444,7 @@ def _record(client: MlflowClient, tracking_uri: str, decision: Decision) -> Deci
     # The compared numbers as metrics, so a history of decisions can be plotted and queried.
     ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
     metrics = [
-        Metric(f"{side}/{r.metric}", float(value), ms, 0)
+        Metric(sanitize_key(f"{side}/{r.metric}"), float(value), ms, 0)
         for r in decision.rules
         if r.metric
         for side, value in (("challenger", r.challenger), ("champion", r.champion))

@@ -305,7 +305,7 @@ def train_on_ray(
     )
     startup = time.perf_counter() - t0
     say(f"ray: {spec.workers} worker(s), storage {storage}, start-up {startup:.1f} s")
-    result = trainer.fit()
+    result = _fit(trainer)
     fit_s = time.perf_counter() - t0 - startup
     attempts = [
         entry
@@ -324,6 +324,28 @@ def train_on_ray(
         startup_s=startup,
         fit_s=fit_s,
     )
+
+
+def _fit(trainer: Any) -> Any:
+    """`trainer.fit()`, where Ctrl-C is a KeyboardInterrupt as everywhere else.
+
+    Ray Train's driver puts in its own SIGINT handler, which aborts the run and then
+    ends the process with `sys.exit(0)` (exit status 0 or 1, the caller's `finally`
+    blocks seeing a SystemExit): here that is turned back into the KeyboardInterrupt
+    it is, so that callers end their tracking runs as KILLED and exit 130. Ray's
+    handler is removed afterwards (it would abort a controller that no longer exists).
+    """
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    except SystemExit as e:  # raised only by Ray's SIGINT handler inside fit()
+        raise KeyboardInterrupt("Ray Train run aborted by SIGINT") from e
+    finally:
+        if before is not None:  # None: a handler not set from Python; leave it
+            with contextlib.suppress(ValueError):  # not the main thread: nothing was set
+                signal.signal(signal.SIGINT, before)
 
 
 def _tracking_outcome(out: Path, launch: str) -> dict[str, Any]:

@@ -30,7 +30,8 @@ export reader given `resolve_model_uri`'s directory); the price is a second copy
 fp32 image encoder in the artifact store.
 
 Metric names: MLflow rejects `@` in metric and tag keys, so `eval/retrieval/ds/i2t_r@1` is
-stored as `..._r_at_1` (`components.tracking.sanitize_key`, the rule of every run too).
+stored as `..._r:1` (`components.tracking.sanitize_key`, the rule of every run too;
+`readable_key` reverses it, and the gate's lookups also find the older `..._r_at_1`).
 
 `resolve_model_uri` turns `models:/NAME@ALIAS` or `models:/NAME/VERSION` into a local export
 directory: the version's `export/` artifacts are downloaded once into

@@ -461,11 +461,25 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _read_state(p: StackPaths) -> dict[str, dict[str, int]]:
+def _read_state(p: StackPaths) -> dict[str, dict[str, Any]]:
     try:
         return json.loads(p.state.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _mlflow_credentials(p: StackPaths) -> tuple[str, str]:
+    """The MLflow server's Basic credentials (`up --auth`): generated once, then reused
+    from the env file, like the gateway's."""
+    if p.env_file.is_file():
+        values = read_env_file(p.env_file)
+        user, password = (
+            values.get("MLFLOW_TRACKING_USERNAME"),
+            values.get("MLFLOW_TRACKING_PASSWORD"),
+        )
+        if user and password:
+            return user, password
+    return "tipsv2-stack", secrets.token_urlsafe(24)
 
 
 def _credentials(p: StackPaths) -> tuple[str, str]:
@@ -482,7 +496,12 @@ def _credentials(p: StackPaths) -> tuple[str, str]:
     return "tipsv2" + secrets.token_hex(7), secrets.token_urlsafe(24)
 
 
-def _write_env_file(p: StackPaths, creds: tuple[str, str], ports: Mapping[str, int]) -> None:
+def _write_env_file(
+    p: StackPaths,
+    creds: tuple[str, str],
+    ports: Mapping[str, int],
+    mlflow_creds: tuple[str, str] | None = None,
+) -> None:
     s3_url = f"http://{HOST}:{ports['s3']}"
     lines = [
         "# The tipsv2 local stack (written by `tipsv2 stack up`): credentials and URLs.",
@@ -497,6 +516,9 @@ def _write_env_file(p: StackPaths, creds: tuple[str, str], ports: Mapping[str, i
     ]
     if "mlflow" in ports:
         lines.append(f"export MLFLOW_TRACKING_URI=http://{HOST}:{ports['mlflow']}")
+    if mlflow_creds is not None:  # what MLflow's client sends as Basic credentials
+        lines.append(f"export MLFLOW_TRACKING_USERNAME={mlflow_creds[0]}")
+        lines.append(f"export MLFLOW_TRACKING_PASSWORD={mlflow_creds[1]}")
     _write_private(p.env_file, "\n".join(lines) + "\n")
 
 
@@ -660,18 +682,26 @@ def _create_buckets(port: int, creds: tuple[str, str]) -> None:
 
 
 def _start_mlflow(
-    p: StackPaths, port: int, s3_port: int, creds: tuple[str, str], timeout: float
+    p: StackPaths,
+    port: int,
+    s3_port: int,
+    creds: tuple[str, str],
+    timeout: float,
+    mlflow_creds: tuple[str, str] | None = None,
 ) -> int:
+    from components import stack_auth
+
     s3_url = f"http://{HOST}:{s3_port}"
-    env = _child_env(
-        {
-            "AWS_ACCESS_KEY_ID": creds[0],
-            "AWS_SECRET_ACCESS_KEY": creds[1],
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_ENDPOINT_URL": s3_url,
-            "MLFLOW_S3_ENDPOINT_URL": s3_url,
-        }
-    )
+    extra = {
+        "AWS_ACCESS_KEY_ID": creds[0],
+        "AWS_SECRET_ACCESS_KEY": creds[1],
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ENDPOINT_URL": s3_url,
+        "MLFLOW_S3_ENDPOINT_URL": s3_url,
+    }
+    if mlflow_creds is not None:  # in its environment only, never on its command line
+        extra |= {stack_auth.USER_ENV: mlflow_creds[0], stack_auth.PASSWORD_ENV: mlflow_creds[1]}
+    env = _child_env(extra)
     other = _other_mlflow_on(p.mlflow_db)
     if other is not None:
         raise StackError(
@@ -686,8 +716,12 @@ def _start_mlflow(
         "--host", HOST, "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
+    if mlflow_creds is not None:
+        cmd += ["--app-name", stack_auth.APP_NAME]
+    secret_values = [*creds, *(mlflow_creds or ())]
     pid = _spawn(p, "mlflow", cmd, env)
-    _wait_healthy(p, "mlflow", pid, mlflow_health_url(f"http://{HOST}:{port}"), timeout, creds)
+    health = mlflow_health_url(f"http://{HOST}:{port}")
+    _wait_healthy(p, "mlflow", pid, health, timeout, secret_values)
     return pid
 
 
@@ -702,8 +736,13 @@ def up(
     s3_port: int | None = None,
     mlflow_port: int | None = None,
     timeout: float | None = None,
+    auth: bool | None = None,
 ) -> dict[str, str]:
     """Starts the services that are not running; returns {service: "started" | "already running"}.
+
+    auth: put the MLflow server behind Basic auth with generated credentials
+    (components.stack_auth); None keeps the previous `up`'s choice (default off). A
+    running server is never switched: `down` first.
 
     Idempotent: a healthy service is left alone. MLflow needs the gateway (its artifacts
     live there), so asking for "mlflow" starts "s3" too. `timeout` bounds each service's
@@ -737,11 +776,21 @@ def up(
                     taken = {port for other, port in ports.items() if other != s}
                     ports[s] = _choose_port(s, requested, ports.get(s), taken)
         metrics_port = _free_port(set(ports.values()))
-        new_state = {s: {"port": port} for s, port in ports.items()}
+        was = bool(state.get("mlflow", {}).get("auth", False))
+        secured = was if auth is None else auth
+        if pids["mlflow"] is not None and "mlflow" in wanted and secured != was:
+            raise StackError(
+                f"mlflow runs (pid {pids['mlflow']}) {'with' if was else 'without'} "
+                "authentication; `tipsv2 stack down` before switching it"
+            )
+        new_state: dict[str, dict[str, Any]] = {s: {"port": port} for s, port in ports.items()}
+        if "mlflow" in new_state:
+            new_state["mlflow"]["auth"] = secured
         p.state.write_text(json.dumps(new_state, indent=2) + "\n")
+        mlflow_creds = _mlflow_credentials(p) if secured else None
         # Written before anything starts, so the credentials the gateway is first started
         # with are on disk even if a later step fails.
-        _write_env_file(p, creds, ports)
+        _write_env_file(p, creds, ports, mlflow_creds)
 
         for s in wanted:
             pid = pids[s]
@@ -755,7 +804,9 @@ def up(
                 _start_gateway(p, ports["s3"], metrics_port, creds, _timeout(s, timeout))
                 actions[s] = "started"
             else:
-                _start_mlflow(p, ports["mlflow"], ports["s3"], creds, _timeout(s, timeout))
+                _start_mlflow(
+                    p, ports["mlflow"], ports["s3"], creds, _timeout(s, timeout), mlflow_creds
+                )
                 actions[s] = "started"
             if s == "s3":  # idempotent; also brings back a bucket someone deleted
                 _create_buckets(ports["s3"], creds)

@@ -17,6 +17,7 @@ fields (they only describe the training run, the tokenizer does not read them).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -137,6 +138,20 @@ def _captions(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[str
     return [r[f] for r in rows for f in fields if isinstance(r.get(f), str) and r[f].strip()]
 
 
+def _publish(folder: Path, out: str | os.PathLike[str]) -> None:
+    """Copies the artifact folder to `out`; a copy that fails (a full or read-only disk)
+    removes what it wrote where `out` held nothing before, so no half artifact stays (a
+    model without its info, or the other way round)."""
+    fresh = not storage.list_files(out)
+    try:
+        storage.put_directory(folder, out)
+    except BaseException:
+        if fresh:
+            with contextlib.suppress(Exception):
+                storage.delete_directory(out)
+        raise
+
+
 def build_tokenizer(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -205,5 +220,5 @@ def build_tokenizer(
             from components.settings import configure
 
             configure()
-        storage.put_directory(folder, out)
+        _publish(folder, out)
     return TokenizerArtifact(os.fspath(out), digest, tok.vocab_size, info)

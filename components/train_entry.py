@@ -76,7 +76,10 @@ def run_job(
         address=address,
         tracking=tracking,
     )
-    return run_summary(train_on_ray(cfg, out, kind, spec), opts.workers)
+    from components.run_guard import guarded_run
+
+    with guarded_run(out, cfg, kind):  # the lock and resume checks of every entry point
+        return run_summary(train_on_ray(cfg, out, kind, spec), opts.workers)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -4,10 +4,13 @@ The repository root holds the DVC pipeline (`dvc.yaml`, `params.yaml`)
 whose stages call the `tipsv2` CLI. Two remotes are defined in the committed
 `.dvc/config`, with neither credentials nor machine paths:
 
-- `local` (the default): `../.tipsv2/dvc-remote`, resolved by DVC relative to `.dvc/`,
-  i.e. `$TIPSV2_HOME/dvc-remote` for the default `TIPSV2_HOME=./.tipsv2` (the embedded
-  default). `configure_remote` points it at another `TIPSV2_HOME` in
-  `.dvc/config.local`, which git ignores.
+- `local` (the default): `$TIPSV2_HOME/dvc-remote`. The committed URL,
+  `../.tipsv2/dvc-remote` (DVC resolves it relative to `.dvc/`), is only right for the
+  default `TIPSV2_HOME=./.tipsv2`; so every push and pull of ours (`push`, `pull`,
+  `tipsv2 data push|pull`) first points `local` at the current `$TIPSV2_HOME` in
+  `.dvc/config.local`, which git ignores (`point_local_remote`; `configure_remote` and
+  `tipsv2 data remote` do it too). A bare `dvc push` reads the same file, so it follows
+  the home of the last of these.
 - `s3`: `s3://tipsv2/dvc`, the data bucket of the local stack (or any S3). The endpoint
   and credentials come from the environment at run time (`AWS_ENDPOINT_URL`,
   `AWS_ACCESS_KEY_ID`, ...), as `components.settings.configure()` loads them from the
@@ -46,6 +49,7 @@ __all__ = [
     "dataset_version",
     "dvc_environment",
     "find_root",
+    "point_local_remote",
     "pull",
     "push",
     "run_dvc",
@@ -249,10 +253,7 @@ def configure_remote(
     if kind == "auto":
         kind = S3_REMOTE if endpoint else LOCAL_REMOTE
     if kind == LOCAL_REMOTE:
-        folder = (Path(home).resolve() if home else tipsv2_home(env)) / REMOTE_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        remote = Remote(LOCAL_REMOTE, str(folder))
-        run_dvc(["remote", "add", "--local", "--force", LOCAL_REMOTE, remote.url], root, env=env)
+        remote = point_local_remote(root, home, env=env)
     elif kind == S3_REMOTE:
         remote = Remote(S3_REMOTE, S3_REMOTE_URL)
         run_dvc(["remote", "add", "--local", "--force", S3_REMOTE, remote.url], root, env=env)
@@ -266,6 +267,25 @@ def configure_remote(
     return remote
 
 
+def point_local_remote(
+    repo: str | os.PathLike[str],
+    home: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Remote:
+    """Points the `local` remote at `$TIPSV2_HOME/dvc-remote` (created), in
+    `.dvc/config.local`; which remote is the default is left as it is.
+
+    home: default `$TIPSV2_HOME` of `env` (default `dvc_environment(home)`).
+    """
+    env = dict(env) if env is not None else dvc_environment(home)
+    folder = (Path(home).resolve() if home else tipsv2_home(env)) / REMOTE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    remote = Remote(LOCAL_REMOTE, str(folder))
+    run_dvc(["remote", "add", "--local", "--force", LOCAL_REMOTE, remote.url], repo, env=env)
+    return remote
+
+
 def push(
     repo: str | os.PathLike[str],
     remote: str | None = None,
@@ -275,7 +295,11 @@ def push(
     """`dvc push` (to `remote`, default: the repository's default); returns DVC's output.
 
     `env` defaults to `dvc_environment()`: the local stack's S3 credentials when it runs.
+    The `local` remote is pointed at that environment's `$TIPSV2_HOME` first.
     """
+    env = dict(env) if env is not None else dvc_environment()
+    if remote in (None, LOCAL_REMOTE):
+        point_local_remote(repo, env=env)
     args = ["push", *(["-r", remote] if remote else [])]
     return run_dvc(args, repo, env=env).stdout
 
@@ -291,8 +315,12 @@ def pull(
 
     targets: stages to pull with the stages they depend on (`dvc pull --with-deps`), e.g.
     `["tokenizer"]` for the data half of a pipeline whose training never ran; default
-    every output of dvc.yaml, which fails for outputs that were never produced.
+    every output of dvc.yaml, which fails for outputs that were never produced. The `local`
+    remote is pointed at `env`'s `$TIPSV2_HOME` first, as for `push`.
     """
+    env = dict(env) if env is not None else dvc_environment()
+    if remote in (None, LOCAL_REMOTE):
+        point_local_remote(repo, env=env)
     args = ["pull", *(["-r", remote] if remote else [])]
     if targets:
         args += ["--with-deps", *targets]

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -175,6 +176,47 @@ def test_dataset_version_from_the_lock(repo, monkeypatch):
 # ------------------------------------------------------------------------------ integration
 
 
+@pytest.mark.integration
+def test_push_and_pull_use_the_local_remote_under_tipsv2_home(tmp_path):
+    """The committed `local` URL is right for ./.tipsv2 only: a push with another
+    TIPSV2_HOME lands in that home's dvc-remote, and a clone pulls it back from there."""
+    repo = tmp_path / "repo"
+    for name in (".dvc/config", ".dvc/.gitignore", ".dvcignore"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, repo / name)
+    (repo / "d").mkdir()
+    (repo / "d" / "a").write_text("hello")
+    home = tmp_path / "home"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TIPSV2_"))}
+    env = dvc_environment(home, environ={**base, **GIT_IDENTITY, "TIPSV2_HOME": str(home)})
+    git(repo, "init", "-q")
+    run_dvc(["add", "d"], repo, env=env)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "d")
+
+    tipsv2 = str(Path(sys.executable).with_name("tipsv2"))  # the CLI's entry point
+    done = subprocess.run(
+        [tipsv2, "data", "push", "--repo", str(repo)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 files pushed" in done.stdout  # the file and the directory's listing
+    stored = [p for p in (home / "dvc-remote").rglob("*") if p.is_file()]
+    assert len(stored) == 2
+    assert not (repo / ".tipsv2").exists()  # the committed relative path stayed unused
+    assert f"url = {home / 'dvc-remote'}" in (repo / ".dvc" / "config.local").read_text()
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    pull(clone, env=env)
+    assert (clone / "d" / "a").read_text() == "hello"
+    # Another home holds nothing: the pull looks there, not in the first home.
+    other = dvc_environment(None, environ={**env, "TIPSV2_HOME": str(tmp_path / "other")})
+    shutil.rmtree(clone / "d")
+    shutil.rmtree(clone / ".dvc" / "cache")
+    with pytest.raises(VersioningError, match="missing"):
+        pull(clone, env=other)
+
+
 @pytest.fixture(scope="module")
 def env(s3_home) -> dict[str, str]:
     """DVC's environment: the stack's S3 variables, none of the caller's."""
@@ -243,9 +285,11 @@ def test_push_to_the_stack_and_pull_into_an_empty_clone(project, env, s3_home, t
     objects = Storage(environ=env).list_files("s3://tipsv2/dvc")
     md5 = out_md5(project, "synth")
     assert f"files/md5/{md5[:2]}/{md5[2:]}" in objects
-    # The committed default remote, a folder below the project's own .tipsv2/, works too.
+    # The local remote works too: under the environment's $TIPSV2_HOME, not the
+    # committed path below the project.
     push(project, LOCAL_REMOTE, env=env)
-    assert (project / ".tipsv2" / "dvc-remote" / "files" / "md5").is_dir()
+    assert (Path(env["TIPSV2_HOME"]) / "dvc-remote" / "files" / "md5").is_dir()
+    assert not (project / ".tipsv2").exists()
 
     git(project, "add", "dvc.lock")
     git(project, "commit", "-q", "-m", "lock")

@@ -51,7 +51,11 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(d / "ckpt", d / "liar")
     meta = json.loads((d / "liar" / "meta.json").read_text())
     (d / "liar" / "meta.json").write_text(json.dumps({**meta, "variant": "ti14"}))
-    return {k: d / k for k in ("ckpt", "ok.png", "bomb.png", "notes.txt", "work", "liar")} | {
+    from tipsv2_core.data.synth_dataset import write_synthetic_dataset
+
+    write_synthetic_dataset(str(d / "synth"), num_images=16, image_size=112, progress=False)
+    names = ("ckpt", "ok.png", "bomb.png", "notes.txt", "work", "liar", "synth")
+    return {k: d / k for k in names} | {
         "root": d,
         "dir.npz": d / "out.npz",
     }
@@ -145,3 +149,126 @@ def test_misuse_is_one_line_exit_2_nothing_written(capsys, ws, argv, says, intac
     assert "Traceback" not in err and "hunter2" not in err
     assert {k: _snapshot(ws[k]) for k in intact} == before
     assert {p.name for p in ws["root"].iterdir()} == entries  # nothing new, no leftovers
+
+
+def test_a_server_that_never_answers_fails_fast_too(capsys):
+    """A tracking server that accepts connections and then says nothing (a hung process,
+    a firewall that drops replies): `runs list` and `promote` give up after the health
+    check's few seconds, in one line, instead of MLflow's minutes of retries."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes handshakes; nothing ever reads or replies
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        for argv in (["runs", "list"], ["promote", "m", "--version", "1"]):
+            start = time.monotonic()
+            rc = main([*argv, "--tracking-uri", uri])
+            took = time.monotonic() - start
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == 2 and len(err) == 1 and "does not answer" in err[0], err
+            assert took < 15, f"{argv[0]} took {took:.1f} s"
+
+
+# ------------------------------------------------------------ a read-only or a full disk
+
+
+def _mount_tmpfs(where: Path, options: str) -> bool:
+    import subprocess
+
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                          capture_output=True, text=True)  # fmt: skip
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def disks(tmp_path_factory):
+    """{"read-only": folder, "full": folder}. As root (where file modes do not stop a
+    writer) two tiny tmpfs mounts, one read-only and one filled to the last byte; as
+    another user a folder of mode 555, and no full disk. Skipped where neither works."""
+    import os
+    import subprocess
+
+    d = tmp_path_factory.mktemp("disks")
+    found, mounted = {}, []
+    try:
+        yield from _disks(d, found, mounted)
+    finally:
+        for where in mounted:
+            subprocess.run(["umount", str(where)], capture_output=True)
+        if (d / "ro").exists() and os.geteuid() != 0:
+            (d / "ro").chmod(0o755)
+
+
+def _disks(d: Path, found: dict[str, Path], mounted: list[Path]):
+    import os
+
+    if os.geteuid() != 0:
+        (d / "ro").mkdir()
+        (d / "ro").chmod(0o555)
+        found["read-only"] = d / "ro"
+    else:
+        for name, options in (("ro", "ro,size=1m"), ("full", "size=256k")):
+            if _mount_tmpfs(d / name, options):
+                mounted.append(d / name)
+        if d / "ro" in mounted:
+            found["read-only"] = d / "ro"
+        if d / "full" in mounted:
+            with open(d / "full" / "filler", "wb", buffering=0) as f:  # every block taken
+                try:
+                    while True:
+                        f.write(b"\0" * 4096)
+                except OSError:
+                    pass
+            found["full"] = d / "full"
+    yield found
+
+
+DISK_ERRORS = {"read-only": ("Read-only file system", "Permission denied"),
+               "full": ("No space left on device",)}  # fmt: skip
+# (case id, argv builder given the workspace and the output path)
+DISK_CASES = [
+    ("model-init", lambda ws, out: ["model", "init", "--variant", "nano14", "--out", out]),
+    ("embed", lambda ws, out: _embed(ws, "--output", out + ".npz")),
+    ("synth", lambda ws, out: ["data", "synth", "--num-images", "4", "--out", out,
+                               "--no-progress"]),
+    ("export", lambda ws, out: ["export", "--checkpoint", str(ws["ckpt"]), "--out", out]),
+    ("convert", lambda ws, out: ["convert", str(ws["ckpt"]), out]),
+    ("tokenizer", lambda ws, out: ["data", "tokenizer", "--data", str(ws["synth"]),
+                                   "--vocab-size", "60", "--out", out]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "disk"),
+    [
+        pytest.param(
+            argv,
+            disk,
+            id=f"{name}-{disk}",
+            # The export builds every graph before its first write: ~25 s on a loaded core.
+            marks=[pytest.mark.slow] if (name, disk) == ("export", "full") else [],
+        )
+        for name, argv in DISK_CASES
+        for disk in ("read-only", "full")
+    ],
+)
+def test_an_output_on_a_read_only_or_full_disk_is_one_line_and_leaves_nothing(
+    capsys, ws, disks, disk, argv
+):
+    if disk not in disks:
+        pytest.skip(f"no {disk} disk here: needs root and tmpfs mounts (or, read-only, a "
+                    "non-root user)")  # fmt: skip
+    where = disks[disk]
+    before = sorted(p.name for p in where.iterdir())
+    out = str(where / "result")
+    args = argv(ws, out)
+    rc = main(args)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2, (args, err)
+    assert len(lines) == 1 and lines[0].startswith(f"tipsv2 {args[0]}: error: {out}"), err
+    assert any(reason in lines[0] for reason in DISK_ERRORS[disk]), lines[0]
+    assert sorted(p.name for p in where.iterdir()) == before  # nothing half-written

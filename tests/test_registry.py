@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +72,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")
 TIPSV2 = str(Path(sys.executable).with_name("tipsv2"))
 SIZE = 112
 MIOU = "eval/zeroshot_seg/synth/miou"
-R1 = "eval/retrieval/synth/i2t_r@1"  # `@` is not a valid MLflow key: stored as `_at_`
-R1_KEY = "eval/retrieval/synth/i2t_r_at_1"
+R1 = "eval/retrieval/synth/i2t_r@1"  # `@` is not a valid MLflow key: stored as `:`
+R1_KEY = "eval/retrieval/synth/i2t_r:1"
+R1_LEGACY_KEY = "eval/retrieval/synth/i2t_r_at_1"  # how versions registered before spell it
 CONFIG = GateConfig(primary_metric=MIOU, secondary=(MetricRule(R1, margin=0.05),))
 TOL = 1e-4
 
@@ -224,7 +226,8 @@ def test_gate_rules_one_by_one():
     assert [r.rule for r in worse.failures] == ["primary"]
     assert "worse by 0.01" in worse.reasons()[0]
     regress = evaluate_gate(info("2", {MIOU: 0.35, R1: 0.44}), champ, CONFIG)
-    assert [(r.rule, r.metric) for r in regress.failures] == [("secondary", R1_KEY)]
+    assert [(r.rule, r.metric) for r in regress.failures] == [("secondary", R1)]
+    assert regress.failures[0].message.startswith(f"{R1}: challenger 0.44")
     other_data = evaluate_gate(
         info("2", {MIOU: 0.35, R1: 0.5}, eval_data_version="ev2"), champ, CONFIG
     )
@@ -247,6 +250,21 @@ def test_gate_rules_one_by_one():
     assert not evaluate_gate(info("2", {"eval/x/y/loss": 1.1}), champ_loss, loss).passed
     strict = GateConfig(primary_metric=MIOU, min_improvement=0.02)
     assert not evaluate_gate(info("2", {MIOU: 0.31}), champ, strict).passed
+
+
+@pytest.mark.unit
+def test_gate_finds_a_metric_under_either_spelling_of_at():
+    # A champion registered when `@` was spelt `_at_`; a challenger with today's `:`.
+    champ = info("1", {MIOU: 0.30})
+    champ = replace(champ, metrics=champ.metrics | {R1_LEGACY_KEY: 0.50})
+    challenger = info("2", {MIOU: 0.31, R1: 0.40})
+    assert R1_KEY in challenger.metrics and R1_LEGACY_KEY in champ.metrics
+    for spelt in (R1, R1_KEY, R1_LEGACY_KEY):  # a rule may name it any of these ways
+        config = GateConfig(primary_metric=MIOU, secondary=(MetricRule(spelt, margin=0.05),))
+        verdict = evaluate_gate(challenger, champ, config)
+        (rule,) = [r for r in verdict.rules if r.rule == "secondary"]
+        assert (rule.metric, rule.challenger, rule.champion) == (R1, 0.40, 0.50), spelt
+        assert not rule.passed and "regresses by 0.1" in rule.message
 
 
 @pytest.mark.unit
@@ -324,6 +342,7 @@ def test_register_logs_onnx_model_export_metrics_and_lineage(server, exported):
 
     v = version_info(client, name, "1")
     assert v.metrics[sanitize_key(MIOU)] == 0.3 and v.metrics[R1_KEY] == 0.5
+    assert float(v.tags[R1_KEY]) == 0.5  # the version tag: readable, `@` spelt `:`
     assert v.parity_passed is True and 0 < v.max_abs_diff <= TOL
     assert v.eval_data_version == "md5:eval-v1"
     # Lineage: what the checkpoint recorded, found through the export.

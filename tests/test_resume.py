@@ -89,3 +89,20 @@ def test_same_settings_longer_stages_and_accepted_changes_resume(run_dir, datase
     with pytest.raises(ResumeMismatch, match="loss.ibot_weight"):
         check_resume(ckpt, changed)
     assert [c.field for c in check_resume(ckpt, changed, accept=True)] == ["loss.ibot_weight"]
+
+
+def test_the_pipeline_step_and_the_cluster_job_refuse_a_mismatch_too(run_dir, datasets):
+    """The DAG's training step (`train_model`, what the pretrain and distil components
+    call) and the Ray job of a cluster run check as `tipsv2 train` does, before Ray."""
+    from components.steps.train import train_model
+    from components.train_entry import JobOptions, run_job
+
+    field = r"optim\.lr \(0\.0005 in the checkpoint, 0\.002 now\)"
+    version = data_version(datasets[0])
+    with pytest.raises(ResumeMismatch, match=field):
+        train_model("pretrain", str(run_dir), str(datasets[0]), "", version=version,
+                    overrides=["optim.lr=0.002"], track=False)  # fmt: skip
+    cfg = config(datasets[0], "optim.lr=0.002")
+    with pytest.raises(ResumeMismatch, match=field):
+        run_job(to_dict(cfg), "pretrain", str(run_dir), JobOptions(track=False))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"]  # nothing trained

@@ -63,3 +63,24 @@ def test_a_killed_holder_leaves_no_stale_lock(holder):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     assert not lock_path(out).exists()  # removed on release
+
+
+def test_the_pipeline_step_and_the_cluster_job_take_the_lock_too(holder, tmp_path):
+    """The DAG's training step and the Ray job of a cluster run are refused like
+    `tipsv2 train`, before Ray starts."""
+    from components.steps.train import train_model
+    from components.train_entry import JobOptions, run_job
+    from tipsv2_core.config import to_dict
+    from tipsv2_core.data.synth_dataset import write_synthetic_dataset
+    from tipsv2_core.recipes import get_recipe
+
+    out, proc = holder
+    data = write_synthetic_dataset(tmp_path / "d", num_images=8, image_size=112, progress=False)
+    holder_named = f"another training is running in this run directory \\(pid {proc.pid} on"
+    with pytest.raises(RunLocked, match=holder_named):
+        train_model("pretrain", str(out), str(data), "", track=False)
+    cfg = get_recipe("demo")
+    cfg.data.path = str(data)
+    with pytest.raises(RunLocked, match=holder_named):
+        run_job(to_dict(cfg), "pretrain", str(out), JobOptions(track=False))
+    assert not (out / "metrics.jsonl").exists()

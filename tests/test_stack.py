@@ -78,6 +78,32 @@ def test_up_starts_healthy_services_on_loopback(home):
     }
 
 
+def _outward_address() -> str | None:
+    """This machine's address on its default route (not loopback), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("203.0.113.1", 9))  # TEST-NET-3: nothing is sent by a UDP connect
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+@pytest.mark.integration
+def test_services_are_not_reachable_on_other_interfaces(home):
+    """The MLflow server has no authentication of its own (README "Local stack"): what
+    keeps other machines out is that it, like the gateway, listens on 127.0.0.1 only."""
+    address = _outward_address()
+    if address is None:
+        pytest.skip("this machine has no address besides loopback to try")
+    for s in stack.status(home).services:
+        port = int(s.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # answers on loopback
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, port), timeout=5).close()
+
+
 @pytest.mark.integration
 def test_second_up_reports_already_running(home):
     before = stack.status(home)
@@ -332,3 +358,75 @@ def test_a_killed_leader_leaves_the_service_running_until_down_stops_its_group(h
     assert stack._session_members(ml.pid) == []
     rc, out = tipsv2("stack", "--home", str(home), "up")  # a fresh server, for later tests
     assert rc == 0 and "mlflow  started" in out, out
+
+
+@pytest.mark.integration
+def test_auth_refuses_uploads_without_the_generated_credentials(tmp_path, monkeypatch):
+    """`tipsv2 stack up --auth`: the MLflow server gets the gateway's story. Its
+    credentials are generated, kept in stack.env only, and every request without them
+    (an upload through the artifact proxy included) is answered 401."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from components.tracking import client_for
+
+    home = tmp_path / "home"
+    # The services start slowly on loaded cores; the test is about what they answer.
+    assert stack.up(home, auth=True, timeout=600) == {"s3": "started", "mlflow": "started"}
+    try:
+        env = read_env_file(home / "stack" / "stack.env")
+        uri, user = env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_USERNAME"]
+        password = env["MLFLOW_TRACKING_PASSWORD"]
+
+        def status(path: str, method: str = "GET", auth: str | None = None) -> int:
+            req = urllib.request.Request(f"{uri}{path}", method=method)
+            if method == "PUT":
+                req.data = b"written by anyone"
+            if auth is not None:
+                req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+            try:
+                with urllib.request.urlopen(req, timeout=30) as res:
+                    return res.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        upload = "/api/2.0/mlflow-artifacts/artifacts/intruder/x.txt"
+        assert status(upload, "PUT") == 401
+        assert status(upload, "PUT", f"{user}:wrong") == 401
+        assert status("/api/2.0/mlflow/experiments/search?max_results=1") == 401
+        assert status("/health") == 200  # the stack's own health check stays open
+        s3 = Storage(environ=env)
+        assert s3.list_files("s3://mlflow/artifacts/intruder") == []  # nothing landed
+
+        # The client with the env file's credentials works as without auth.
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.setenv(key, env[key])
+        client = client_for(uri)
+        run = client.create_run(client.create_experiment("auth-test"))
+        client.log_text(run.info.run_id, "hello", "note.txt")
+        assert [f.path for f in client.list_artifacts(run.info.run_id)] == ["note.txt"]
+        assert status(upload, "PUT", f"{user}:{password}") == 200
+
+        # The password is in the private env file only: not on a command line, not logged.
+        pid = stack.status(home).service("mlflow").pid
+        cmdlines = [Path(f"/proc/{p}/cmdline").read_bytes() for p in _session_pids(pid)]
+        assert cmdlines and not any(password.encode() in c for c in cmdlines)
+        assert password not in (home / "stack" / "logs" / "mlflow.log").read_text()
+        assert stat.S_IMODE((home / "stack" / "stack.env").stat().st_mode) == 0o600
+        with pytest.raises(stack.StackError, match="with authentication; `tipsv2 stack down`"):
+            stack.up(home, auth=False)
+    finally:
+        stack.down(home)
+
+
+def _session_pids(leader: int) -> list[int]:
+    """The processes of `leader`'s session (the server and its workers)."""
+    sid = os.getsid(leader)
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getsid(int(entry.name)) == sid:
+                    out.append(int(entry.name))
+    return out

@@ -309,3 +309,49 @@ def test_configure_is_independent_of_storage(tmp_path):
     s = Storage(environ=environ)
     s.write_bytes(Path(settings.storage_root) / "x.bin", b"1")
     assert s.read_bytes(Path(settings.storage_root) / "x.bin") == b"1"
+
+
+# ------------------------------------------------------------------ datasets on S3: commit
+
+
+@pytest.mark.integration
+def test_a_partial_dataset_on_s3_is_never_read_and_the_next_write_sweeps_it(
+    s3_env, tmp_path, monkeypatch, capsys
+):
+    import uuid
+
+    from components.datasets import publish
+    from pipelines.cli import main
+    from tipsv2_core.data.synth_dataset import write_synthetic_dataset
+
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    store = storage.default_storage()
+    local = tmp_path / "ds"
+    write_synthetic_dataset(str(local), num_images=40, image_size=112, seed=3, progress=False)
+    want = store.list_files(local)
+    out = f"s3://tipsv2/partial-{uuid.uuid4().hex[:8]}/ds"
+
+    # What a write killed outright leaves: most files, no COMPLETE, and a stray shard.
+    store.put_directory(local, out)
+    marker = storage.parse(f"{out}/COMPLETE")
+    store.client(out).delete_object(Bucket=marker.bucket, Key=marker.key)
+    store.write_bytes(f"{out}/shards/stray-000099.tar", b"half a shard")
+    for argv in (["data", "validate", "--data", out],
+                 ["data", "tokenizer", "--data", out, "--vocab-size", "100", "--out",
+                  str(tmp_path / "tok")]):  # fmt: skip
+        assert main(argv) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "incomplete or missing dataset (no COMPLETE object)" in line and out in line
+    assert not (tmp_path / "tok").exists()
+
+    # The next write to the prefix sweeps it: exactly the new dataset's files, COMPLETE last.
+    publish(local, out)
+    assert store.list_files(out) == want
+    assert main(["data", "validate", "--data", out, "--out", str(tmp_path / "report")]) == 0
+
+    # A write that fails half-way (a file vanishes under it) leaves nothing behind.
+    (local / "zz-vanished").symlink_to(local / "no-such-file")
+    with pytest.raises(storage.StorageError, match="zz-vanished"):
+        publish(local, out)
+    assert store.list_files(out) == []

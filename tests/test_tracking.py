@@ -11,6 +11,7 @@ use the server (tests run in file order).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -26,6 +27,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +40,7 @@ from components.tracking import (
     client_for,
     end_pipeline_run,
     flatten_config,
+    readable_key,
     sanitize_key,
 )
 from tipsv2_core.config import TrainConfig, apply_overrides, to_dict
@@ -426,6 +429,113 @@ def test_no_secret_reaches_params_tags_metrics_or_artifacts(
         assert [s for s in forbidden if s in server_log] == []
 
 
+# ------------------------------------------------------------------ standalone tipsv2 train
+
+TINY_TRAIN = [
+    "stages.0.batch_size=4", "stages.0.global_size=28", "stages.0.local_size=14",
+    "data.num_local=1", "data.workers=0", "data.text_max_len=16", "data.tokenizer_vocab=200",
+    "heads.out_dim=32", "heads.hidden_dim=16", "heads.bottleneck_dim=8", "run.log_every=1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> Path:
+    from tipsv2_core.data.synth_dataset import write_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("standalone") / "synth"
+    write_synthetic_dataset(str(out), num_images=40, image_size=112, seed=1, progress=False)
+    return out
+
+
+def start_train(
+    stack_env, data: Path, out: Path, *extra: str, ray: bool = False
+) -> subprocess.Popen[str]:
+    """`tipsv2 train` as a user starts it, logging to the stack's MLflow server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "AWS_"))}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", TIPSV2_STACK="off")
+    env.pop("TIPSV2_PIPELINE_RUN_ID", None)
+    argv = [str(TIPSV2), "train", "--data", str(data), "--out", str(out), "--quiet"]
+    argv += [] if ray else ["--no-ray"]
+    argv += ["--tracking-uri", stack_env["MLFLOW_TRACKING_URI"], "--experiment", "standalone"]
+    for item in (*TINY_TRAIN, *extra):
+        argv += ["--set", item]
+    pipe = subprocess.PIPE
+    return subprocess.Popen(argv, env=env, text=True, stdout=pipe, stderr=pipe)
+
+
+def standalone_runs(uri: str, out: Path) -> tuple[Any, Any]:
+    """(parent, step run) of the standalone training into `out`."""
+    client = client_for(uri)
+    exp = client.get_experiment_by_name("standalone")
+    if exp is None:
+        raise ValueError("no experiment yet")
+    (step,) = client.search_runs(
+        [exp.experiment_id], f"tags.checkpoint_uri = '{out.resolve()}'", max_results=5
+    )
+    return client.get_run(step.data.tags["mlflow.parentRunId"]), step
+
+
+@pytest.mark.integration
+def test_standalone_train_names_its_runs_logs_its_dataset_and_ends_them(
+    stack_env, train_data, tmp_path
+):
+    from components.datasets import dataset_name
+    from components.versioning import data_version
+
+    out = tmp_path / "run"
+    proc = start_train(stack_env, train_data, out, "stages.0.steps=2")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    parent, step = standalone_runs(stack_env["MLFLOW_TRACKING_URI"], out)
+    assert step.info.run_name == "pretrain-nano14"  # as the pipeline's step names it
+    assert re.fullmatch(r"pretrain-nano14-\d{8}-\d{6}-[0-9a-f]{6}", parent.info.run_name)
+    assert (parent.info.status, step.info.status) == ("FINISHED", "FINISHED")
+    (given,) = step.inputs.dataset_inputs
+    version = data_version(train_data)
+    assert given.dataset.name == dataset_name(train_data)
+    assert given.dataset.digest == version == step.data.tags["data_version"]
+    assert str(train_data) in given.dataset.source
+    assert [t.value for t in given.tags if t.key == "mlflow.data.context"] == ["training"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "how, ray",
+    [
+        ("error", False),
+        ("SIGINT", False),
+        ("SIGTERM", False),
+        # Ray Train's driver handles SIGINT itself (abort, then sys.exit) and its worker,
+        # which holds the step run, is stopped without closing it.
+        pytest.param("SIGINT", True, marks=pytest.mark.slow, id="SIGINT-ray"),
+    ],
+)
+def test_standalone_train_never_leaves_its_runs_running(how, ray, stack_env, train_data, tmp_path):
+    """A failed run ends FAILED, an interrupted or terminated one KILLED: parent and step."""
+    out = tmp_path / "run"
+    uri = stack_env["MLFLOW_TRACKING_URI"]
+    if how == "error":  # τ = 1e-45 (valid) overflows the logits: NaN loss at step 1
+        proc = start_train(stack_env, train_data, out, "model.init_temperature=1e-45")
+    else:
+        proc = start_train(stack_env, train_data, out, "stages.0.steps=100000", ray=ray)
+        deadline = time.monotonic() + 240
+        # Interrupted mid-training: once the step run has logged a loss.
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(ValueError):  # no run yet
+                if "train/loss" in standalone_runs(uri, out)[1].data.metrics:
+                    break
+            time.sleep(0.5)
+        proc.send_signal(getattr(signal, how))
+    _, err = proc.communicate(timeout=120)
+    parent, step = standalone_runs(uri, out)
+    want = "FAILED" if how == "error" else "KILLED"
+    assert (parent.info.status, step.info.status) == (want, want), err[-2000:]
+    if how == "error":
+        assert proc.returncode == 1 and "clip_cls1_loss is nan at step 1" in err
+    else:
+        assert proc.returncode == 130 and err.strip().endswith("tipsv2 train: interrupted")
+
+
 # --------------------------------------------------------------------------- outages
 
 
@@ -520,7 +630,7 @@ def test_server_outage_is_survived_and_metrics_arrive_after_recovery(stack_home,
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
     run = client.get_run(late.run_id)
     assert run.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
-    assert run.data.metrics["eval/retrieval/synth/i2t_r_at_1"] == 0.5
+    assert run.data.metrics["eval/retrieval/synth/i2t_r:1"] == 0.5
 
 
 # --------------------------------------------------------------------------- tipsv2 runs
@@ -642,7 +752,10 @@ def test_scrubber_rules():
 
 @pytest.mark.unit
 def test_keys_and_config_flattening():
-    assert sanitize_key("eval/retrieval/coco/i2t_r@1") == "eval/retrieval/coco/i2t_r_at_1"
+    assert sanitize_key("eval/retrieval/coco/i2t_r@1") == "eval/retrieval/coco/i2t_r:1"
+    for name in ("eval/retrieval/coco/i2t_r@1", "eval/retrieval/coco/t2i_r@10", "train/loss"):
+        assert readable_key(sanitize_key(name)) == name  # reversible
+    assert sanitize_key("a:b@c") == "a_b:c"  # a name's own `:` is not read back as `@`
     assert sanitize_key("/train//loss%") == "train/loss_"
     flat = flatten_config(TrainConfig())
     assert flat["model.variant"] == "nano14" and flat["stages.0.steps"] == 100

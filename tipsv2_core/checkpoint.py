@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -70,9 +71,9 @@ def save_checkpoint(
     path = Path(path)
     tmp = temporary_sibling(path)
     try:
-        save_file(_contiguous(model_state), str(tmp / MODEL_FILE))
+        _save_tensors(model_state, tmp / MODEL_FILE)
         if train_state:
-            save_file(_contiguous(train_state), str(tmp / STATE_FILE))
+            _save_tensors(train_state, tmp / STATE_FILE)
         full_meta = {
             "format_version": FORMAT_VERSION,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -85,6 +86,19 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _save_tensors(tensors: Mapping[str, torch.Tensor], file: Path) -> None:
+    """safetensors' `save_file`, whose I/O failures (a full or read-only disk) come out
+    as the OSError they are, with their errno, instead of a SafetensorError."""
+    try:
+        save_file(_contiguous(tensors), str(file))
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        errno = int(code[1])
+        raise OSError(errno, os.strerror(errno), str(file)) from None
 
 
 def _load_tensors(file: Path) -> dict[str, torch.Tensor]:

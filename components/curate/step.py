@@ -26,7 +26,7 @@ from tqdm import tqdm
 from components import storage
 from components.curate.execute import ray_session, run_local, run_ray
 from components.curate.plan import plan_sources
-from tipsv2_core.atomic import COMPLETE_FILE
+from components.datasets import publish
 from tipsv2_core.data.curation.config import CurateConfig, CurateConfigError
 from tipsv2_core.data.curation.summary import summary_text
 from tipsv2_core.data.curation.writer import CurationWriter
@@ -82,18 +82,6 @@ def load_config(config: ConfigLike) -> CurateConfig:
         return CurateConfig.from_dict(doc)
     except CurateConfigError as e:
         raise CurateConfigError(f"{where}: {e}") from None
-
-
-def _publish(local: Path, out: str) -> None:
-    """Uploads a committed local dataset to an s3:// URI, COMPLETE last."""
-    store = storage.default_storage()
-    loc = storage.parse(out)
-    marker = loc.child(COMPLETE_FILE)
-    if store.exists(marker.uri):  # the old dataset stops counting as complete now
-        store.client(out).delete_object(Bucket=marker.bucket, Key=marker.key)
-    (local / COMPLETE_FILE).unlink()
-    store.put_directory(local, out)
-    store.write_bytes(marker.uri, b"")
 
 
 def curate(
@@ -154,7 +142,7 @@ def curate(
             timing = {"seconds": round(seconds, 3), "workers": workers, "executor": executor}
             card = writer.commit({"timing": timing})
         if staging is not None:
-            _publish(writer.path, out)
+            publish(writer.path, out)  # COMPLETE last; a failed upload removes itself
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

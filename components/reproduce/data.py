@@ -87,7 +87,7 @@ def restore_data(
     if not isinstance(generator, Mapping):
         raise ValueError(
             f"dataset {uri or '?'} is gone and was not synthetic (no generator recorded); "
-            "restore it (e.g. `dvc pull`) and pass --data"
+            "restore it (e.g. `tipsv2 data pull`) and pass --data"
         )
     # The recorded folder name (the card records it).
     out = workdir / "data" / str(dataset.get("name") or "dataset")
@@ -95,7 +95,7 @@ def restore_data(
     actual = _version(out)
     if not _same(recorded, actual):
         why = (
-            "a DVC version: restore the data with `dvc pull` and pass --data"
+            "a DVC version: restore the data with `tipsv2 data pull` and pass --data"
             if not recorded.startswith(MANIFEST_PREFIX)
             else "the generator changed since, or the record is wrong"
         )

@@ -67,6 +67,7 @@ def train_model(
     from components.datasets import dataset_input
     from components.progress import ProgressReporter
     from components.ray_train import RayTrainSpec, train_on_ray
+    from components.run_guard import guarded_run
     from tipsv2_core.config import apply_overrides, validate
     from tipsv2_core.recipes import get_recipe
 
@@ -151,9 +152,14 @@ def train_model(
     run_dir = Path(strip_file_scheme(out))
     label = f"{kind} {cfg.model.variant}"
     try:
-        # Ray workers' output never reaches this step's log: the progress comes from the
+        # One training per run directory, resumed only with the settings its checkpoint
+        # was written with: checked before Ray starts, as `tipsv2 train` does. Ray
+        # workers' output never reaches this step's log: the progress comes from the
         # run's metrics.jsonl, tailed here (components.progress).
-        with ProgressReporter(run_dir / "metrics.jsonl", cfg.total_steps, label):
+        with (
+            guarded_run(run_dir, cfg, kind),
+            ProgressReporter(run_dir / "metrics.jsonl", cfg.total_steps, label),
+        ):
             result = train_on_ray(cfg, str(run_dir), kind, spec)  # type: ignore[arg-type]
         status = "FINISHED"
     finally:

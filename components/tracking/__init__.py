@@ -65,7 +65,14 @@ from components.tracking.client import (
 )
 from components.tracking.lineage import flatten_config, git_dirty, git_sha, system_info
 from components.tracking.queries import all_experiment_ids, find_runs, list_runs
-from components.tracking.scrub import REDACTED, Scrubber, sanitize_key
+from components.tracking.scrub import (
+    REDACTED,
+    Scrubber,
+    key_candidates,
+    lookup_metric,
+    readable_key,
+    sanitize_key,
+)
 from components.tracking.tags import (
     DATA_VERSION_ENV,
     DEFAULT_EXPERIMENT,
@@ -112,7 +119,10 @@ __all__ = [
     "get_or_create_experiment",
     "git_dirty",
     "git_sha",
+    "key_candidates",
     "list_runs",
+    "lookup_metric",
+    "readable_key",
     "resolve_tracking_uri",
     "sanitize_key",
     "system_info",

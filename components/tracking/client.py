@@ -172,7 +172,10 @@ def end_pipeline_run(
     """Marks the parent run of a pipeline run finished (the orchestrator's last act).
 
     Step trackers leave the parent running, since other steps may still attach to it.
-    Returns the parent's id, or None when there is none.
+    A failed or killed pipeline run also ends the step runs still RUNNING under it with
+    the same status: their process is gone (a Ray worker stopped by Ctrl-C, a pod that
+    was evicted) and no one else would. Returns the parent's id, or None when there is
+    none.
     """
     from mlflow.entities import ViewType
 
@@ -183,6 +186,15 @@ def end_pipeline_run(
     runs = client.search_runs(
         [exp.experiment_id], _parent_filter(pipeline_run_id), run_view_type=ViewType.ACTIVE_ONLY
     )
+    if status != "FINISHED":
+        orphans = client.search_runs(
+            [exp.experiment_id],
+            f"tags.{TAG_KIND} = 'step' and tags.{TAG_PIPELINE_RUN_ID} = '{pipeline_run_id}' "
+            "and attributes.status = 'RUNNING'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+        )
+        for run in orphans:
+            client.set_terminated(run.info.run_id, status)
     for run in runs:
         client.set_terminated(run.info.run_id, status)
     return runs[0].info.run_id if runs else None

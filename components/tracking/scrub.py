@@ -1,5 +1,5 @@
-"""Secrets never reach MLflow: `Scrubber` for keys, values and texts, and `sanitize_key`
-for metric and param names MLflow would reject."""
+"""Secrets never reach MLflow: `Scrubber` for keys, values and texts; and `sanitize_key` /
+`readable_key`, the reversible spelling of metric names in MLflow keys."""
 
 from __future__ import annotations
 
@@ -34,10 +34,16 @@ SECRET_ENV_VARS = (
 )
 MIN_SECRET_LEN = 6
 _URL_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s]+@")
-# MLflow accepts alphanumerics, `_ - . / : ` and space in metric and param names; the metric
-# name `i2t_r@1` would be rejected (and a rejected batch is lost), so keys are made
-# valid here.
+# MLflow accepts alphanumerics, `_ - . / : ` and space in metric, param and tag names
+# (mlflow.utils.validation); the metric name `i2t_r@1` would be rejected (and a rejected
+# batch is lost), so keys are made valid here.
 _INVALID_KEY_CHARS_RE = re.compile(r"[^/\w.\- :]")
+# `@` is the one character our metric names use that MLflow refuses. It is spelt `:` in a
+# key (`i2t_r@1` -> `i2t_r:1`): one character for one, so the name stays readable, and
+# reversible because a `:` of the name itself is spelt `_` (no metric name of ours has one).
+AT_IN_KEY = ":"
+# How keys spelt `@` until now: registry versions made then carry `..._r_at_1`.
+LEGACY_AT_IN_KEY = "_at_"
 
 
 @dataclass(frozen=True)
@@ -106,9 +112,37 @@ def _as_text(value: Any) -> str:
 
 
 def sanitize_key(key: str) -> str:
-    """A metric/param name MLflow accepts: `eval/retrieval/coco/i2t_r@1` -> `..._r_at_1`."""
-    key = key.replace("@", "_at_")
+    """A metric/param name MLflow accepts: `eval/retrieval/coco/i2t_r@1` -> `..._r:1`.
+
+    `readable_key` turns the result back into the name, for every name without `:` that
+    MLflow accepts once `@` is spelt `:` (all of ours).
+    """
+    key = key.replace(AT_IN_KEY, "_").replace("@", AT_IN_KEY)
     key = _INVALID_KEY_CHARS_RE.sub("_", key)
     key = re.sub(r"/{2,}", "/", key).strip("/")  # MLflow rejects names that are not
     key = "/".join(p for p in key.split("/") if p not in (".", ".."))  # normalised paths
     return key[:MAX_KEY] or "_"
+
+
+def readable_key(key: str) -> str:
+    """The metric name an MLflow key spells: `eval/retrieval/coco/i2t_r:1` ->
+    `..._r@1`. What the CLI prints for a key."""
+    return key.replace(AT_IN_KEY, "@")
+
+
+def key_candidates(name: str) -> tuple[str, ...]:
+    """The MLflow keys under which the metric `name` may be stored, newest spelling first:
+    `i2t_r@1`, `i2t_r:1` or `i2t_r_at_1` -> (`i2t_r:1`, `i2t_r_at_1`). A gate rule names
+    a metric once and still finds it on versions registered before `@` was spelt `:`."""
+    readable = readable_key(name).replace(LEGACY_AT_IN_KEY, "@")
+    spellings = (readable, readable.replace("@", LEGACY_AT_IN_KEY), name)
+    return tuple(dict.fromkeys(sanitize_key(s) for s in spellings))
+
+
+def lookup_metric(metrics: Mapping[str, float], name: str) -> float | None:
+    """The value of the metric `name` in {MLflow key: value}, whichever spelling it was
+    stored under (`key_candidates`); None when absent."""
+    for key in key_candidates(name):
+        if key in metrics:
+            return metrics[key]
+    return None

@@ -649,10 +649,11 @@ def _nested_get(tree: Any, path: Sequence[str]) -> Any:
     return tree
 
 
-def new_pipeline_run_id() -> str:
-    """A fresh pipeline run id for a step that runs on its own."""
-    return _new_run_id()
+def new_pipeline_run_id(prefix: str = "local") -> str:
+    """A fresh pipeline run id for a step that runs on its own: `PREFIX-YYYYmmdd-HHMMSS-`
+    and 6 hex digits, e.g. `pretrain-nano14-20260101-120000-1a2b3c`."""
+    return _new_run_id(prefix)
 
 
-def _new_run_id() -> str:
-    return f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+def _new_run_id(prefix: str = "local") -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -7,6 +7,7 @@ imports (torch, …) happen inside the handlers so that `tipsv2 --help` stays in
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -88,19 +89,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tipsv2 {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        message = user_error(e)
+        message = user_error(e, output=_output_of(args))
         if message is None:
             raise
         print(f"tipsv2 {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 
-def user_error(e: BaseException) -> str | None:
-    """The one-line message of a user error, None for anything else (a bug)."""
+# A disk that cannot take the output: the message names the output the user gave, not the
+# hidden temporary sibling the writer was filling (nothing of it stays).
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+
+
+def _output_of(args: argparse.Namespace) -> str | None:
+    """The output path or URI a command was given (`--out`, `--output`, `convert`'s
+    `dst`), if any."""
+    for name in ("out", "output", "dst"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def user_error(e: BaseException, output: str | None = None) -> str | None:
+    """The one-line message of a user error, None for anything else (a bug). `output`:
+    the command's output, named by full- and read-only-disk errors."""
     from tipsv2_core.errors import UserError
 
     if isinstance(e, OSError) and not isinstance(e, UserError) and e.strerror:
         where = e.filename if e.filename is not None else ""
+        if output and e.errno in DISK_ERRNOS:
+            where = output
         text = f"{where}: {e.strerror}" if where else e.strerror
     elif isinstance(e, ValueError | OSError | UserError):
         text = str(e) or type(e).__name__

@@ -175,6 +175,25 @@ def register_gate(ops: argparse._SubParsersAction) -> None:
     rem.add_argument("--repo", default=".", help="the DVC repository (default: .)")
     rem.set_defaults(handler=run_remote)
 
+    for verb, where in (("push", "to"), ("pull", "from")):
+        sync = ops.add_parser(
+            verb,
+            help=f"`dvc {verb}` {where} the default remote, the local one under $TIPSV2_HOME",
+            description=(
+                f"`dvc {verb}` {where} the repository's default remote (or --remote), after "
+                "pointing the 'local' remote at $TIPSV2_HOME/dvc-remote in .dvc/config.local "
+                "(the committed path is only right for the default home). With the stack "
+                "running, its S3 credentials come from its env file."
+            ),
+        )
+        sync.add_argument("--remote", help="a remote of .dvc/config (default: the default one)")
+        sync.add_argument("--repo", default=".", help="the DVC repository (default: .)")
+        if verb == "pull":
+            sync.add_argument(
+                "targets", nargs="*", help="stages to pull with their dependencies (default: all)"
+            )
+        sync.set_defaults(handler=run_sync, verb=verb)
+
 
 def _fail(message: str) -> int:
     print(f"tipsv2 data: error: {message}", file=sys.stderr)
@@ -234,6 +253,20 @@ def run_remote(args: argparse.Namespace) -> int:
     except VersioningError as e:
         return _fail(str(e))
     print(f"DVC remote of {args.repo}: {remote.name} ({remote.url}), written to .dvc/config.local")
+    return 0
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    from components.versioning import VersioningError, pull, push
+
+    try:
+        if args.verb == "push":
+            out = push(args.repo, args.remote)
+        else:
+            out = pull(args.repo, args.remote, targets=args.targets)
+    except VersioningError as e:
+        return _fail(str(e))
+    print(out.strip())
     return 0
 
 

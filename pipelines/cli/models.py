@@ -212,7 +212,9 @@ def run_show(args: argparse.Namespace) -> int:
                 _time(v.created_ms),
             ]
         )
-    headers = ["VERSION", "ALIASES", *(k.removeprefix("eval/") for k in evals)]
+    from components.tracking.scrub import readable_key
+
+    headers = ["VERSION", "ALIASES", *(readable_key(k).removeprefix("eval/") for k in evals)]
     headers += ["PARITY", "EVAL DATA", "DECISION", "CREATED"]
     print(table(headers, rows))
     if events:

@@ -105,7 +105,9 @@ def run_list(args: argparse.Namespace) -> int:
                 *(_num(m.get(k)) for k in evals),
             ]
         )
-    print(table([h.removeprefix("eval/") for h in headers], rows))
+    from components.tracking.scrub import readable_key
+
+    print(table([readable_key(h).removeprefix("eval/") for h in headers], rows))
     return 0
 
 
@@ -135,12 +137,19 @@ def run_show(args: argparse.Namespace) -> int:
     tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
     _section("tags", [[k, tags[k]] for k in sorted(tags)])
     _section("params", [[k, v] for k, v in sorted(run.data.params.items())])
+    from components.tracking.scrub import readable_key
+
     rows = []
     for key in _metric_order(run.data.metrics):
         hist = client.get_metric_history(info.run_id, key)
         last = max(hist, key=lambda m: (m.step, m.timestamp)) if hist else None
         rows.append(
-            [key, _num(run.data.metrics[key]), str(last.step if last else ""), str(len(hist))]
+            [
+                readable_key(key),
+                _num(run.data.metrics[key]),
+                str(last.step if last else ""),
+                str(len(hist)),
+            ]
         )
     _section("metrics", rows, ["METRIC", "LAST", "STEP", "POINTS"])
     return 0
@@ -175,6 +184,8 @@ def run_compare(args: argparse.Namespace) -> int:
         rows = [[k, *(r.data.params.get(k, "-") for r in runs)] for k in shown]
         note = "" if args.all_params else f" ({len(keys) - len(differ)} equal params hidden)"
         _section(title + note, rows, ["PARAM", *names])
+    from components.tracking.scrub import readable_key
+
     rows = []
     for key in metrics:
         base = runs[0].data.metrics.get(key)
@@ -182,7 +193,7 @@ def run_compare(args: argparse.Namespace) -> int:
         for r in runs[1:]:
             v = r.data.metrics.get(key)
             cells.append((_num(v) or "-") + _delta(base, v))
-        rows.append([key, *cells])
+        rows.append([readable_key(key), *cells])
     _section(f"final metrics (delta vs {names[0]})", rows, ["METRIC", *names])
     return 0
 

@@ -84,6 +84,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="what the server serves (default models:/tipsv2@champion)",
     )
     up.add_argument("--serve-port", type=_port, default=None, help="default: any free port")
+    up.add_argument(
+        "--auth",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="put the MLflow server behind Basic auth with generated credentials, in "
+        "stack.env as MLFLOW_TRACKING_USERNAME/PASSWORD (default: the previous up's choice, "
+        "first off); --no-auth turns it off. Switching needs `down` first",
+    )
     up.set_defaults(handler=run_up)
 
     down = ops.add_parser("down", help="stop the services (data, logs and env file stay)")
@@ -124,6 +132,7 @@ def run_up(args: argparse.Namespace) -> int:
             s3_port=_env_port(args.s3_port, "TIPSV2_S3_PORT"),
             mlflow_port=_env_port(args.mlflow_port, "TIPSV2_MLFLOW_PORT"),
             timeout=args.timeout,
+            auth=args.auth,
         )
     except stack.StackError as e:
         print(f"tipsv2 stack up: error: {e}", file=sys.stderr)

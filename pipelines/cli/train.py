@@ -11,6 +11,8 @@ import argparse
 import contextlib
 import json
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.cli.common import add_tracking_uri
@@ -160,10 +162,19 @@ def run_train(args: argparse.Namespace) -> int:
     out = strip_file_scheme(args.out)
     if Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"{out}: is a file, not a run directory")
-    from tipsv2_core.runlock import run_lock
+    from components.run_guard import guarded_run
 
-    with run_lock(out, "distillation" if args.distill else "training"):
-        tracking = _tracking(args)
+    kind = "distill" if args.distill else "pretrain"
+    with (
+        _sigterm_as_interrupt(),
+        guarded_run(
+            out, cfg, kind, accept_changes=args.accept_changes, resume=not args.no_resume
+        ) as accepted,
+    ):
+        if accepted:
+            said = "; ".join(c.describe() for c in accepted)
+            print(f"tipsv2: resuming {out} with accepted changes: {said}", file=sys.stderr)
+        tracking = _tracking(args, cfg)
         # A standalone run is a pipeline of one step: it makes the parent run, so it ends
         # it too (a pipeline's orchestrator ends its own, named by $TIPSV2_PIPELINE_RUN_ID).
         owns_parent = bool(tracking) and not os.environ.get(PIPELINE_RUN_ID_ENV)
@@ -180,10 +191,28 @@ def run_train(args: argparse.Namespace) -> int:
                 _end_own_parent(tracking, status)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a CI job's cancel, a pod's stop) ends a run as Ctrl-C does: a
+    KeyboardInterrupt, so its MLflow runs end KILLED and its lock is released."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        before = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (a test calling main()): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def _train_locked(args: argparse.Namespace, cfg, out: str, tracking: dict) -> int:
     """The run itself, while this process holds the run directory's lock."""
-    if not args.no_resume:
-        _check_resume(Path(out), cfg, args.accept_changes)
     if args.no_ray:
         from tipsv2_core.train.runs import distill, pretrain
 
@@ -211,22 +240,6 @@ def _train_locked(args: argparse.Namespace, cfg, out: str, tracking: dict) -> in
     return 0
 
 
-def _check_resume(out: Path, cfg, accept: bool) -> None:
-    """Refuses to resume `out` with other settings than its latest checkpoint's."""
-    import sys
-
-    from tipsv2_core.train.checkpointing import latest_checkpoint
-    from tipsv2_core.train.resume import check_resume
-
-    ckpt = latest_checkpoint(out)
-    if ckpt is None:
-        return
-    changes = check_resume(ckpt, cfg, accept=accept)
-    if changes:
-        said = "; ".join(c.describe() for c in changes)
-        print(f"tipsv2: resuming {ckpt} with accepted changes: {said}", file=sys.stderr)
-
-
 def _end_own_parent(tracking: dict, status: str) -> None:
     """Ends the parent run a standalone training created; a warning if tracking is down."""
     import sys
@@ -246,23 +259,36 @@ def _end_own_parent(tracking: dict, status: str) -> None:
         print(f"tracking: could not end the parent run: {str(e)[:200]}", file=sys.stderr)
 
 
-def _tracking(args: argparse.Namespace) -> dict:
+def _tracking(args: argparse.Namespace, cfg) -> dict:
     """The rank-0 tracker's arguments, resolved here so that workers on other machines
-    log to the same place (components.tracking.Tracker)."""
+    log to the same place (components.tracking.Tracker).
+
+    Named as the pipeline's training steps are (`pretrain-nano14`, `distill-ti14`), with
+    the dataset as the run's input (its name, its version as the digest, its URI). A
+    standalone run is a pipeline of one step whose parent run is named after it
+    (`pretrain-nano14-20260101-120000-1a2b3c`); inside a pipeline the parent is the
+    pipeline's, named by $TIPSV2_PIPELINE_RUN_ID.
+    """
     if args.no_track:
         return {}
+    from components.datasets import dataset_input
     from components.settings import configure
     from components.tracking import resolve_tracking_uri
-    from components.tracking.tags import PIPELINE_RUN_ID_ENV
+    from components.tracking.tags import PIPELINE_RUN_ID_ENV, UNKNOWN
     from components.tracking.tracker import new_pipeline_run_id
 
     configure()
+    name = f"{'distill' if args.distill else 'pretrain'}-{cfg.model.variant}"
+    version = cfg.run.data_version or UNKNOWN
     return {
-        "pipeline_run_id": os.environ.get(PIPELINE_RUN_ID_ENV) or new_pipeline_run_id(),
+        "pipeline_run_id": os.environ.get(PIPELINE_RUN_ID_ENV) or new_pipeline_run_id(name),
         "step": "distill" if args.distill else "train",
+        "run_name": name,
         "experiment": args.experiment,
         "tracking_uri": resolve_tracking_uri(args.tracking_uri),
         "checkpoint_uri": str(Path(args.out).resolve()),
+        "datasets": [dataset_input(cfg.data.path, version, "training")],
+        "system_metrics": True,
     }
 
 

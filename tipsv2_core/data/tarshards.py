@@ -16,6 +16,7 @@ samples give byte-identical shards.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -192,7 +193,10 @@ class ShardWriter:
         """Drops the open shard without renaming it (completed shards stay)."""
         if self._tar is not None:
             assert self._file is not None and self._tmp is not None
-            self._file.close()
+            # On a full disk closing flushes into the same ENOSPC: the shard is dropped
+            # either way, and the error being handled is the one to report.
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._tmp.unlink(missing_ok=True)
             self._tar = self._file = self._tmp = None
 
