@@ -42,10 +42,15 @@ def compare(ours, official, images, masks=None) -> float:
     )
 
 
-@pytest.mark.parametrize("size", [224, 112])  # s14's 16×16 table as is, then resized to 8×8
-def test_s14_matches_the_official_forward(size):
+@pytest.fixture(scope="module")
+def s14():
     torch.manual_seed(0)
-    ours, official = pair(get_variant("s14").vision)
+    return pair(get_variant("s14").vision)
+
+
+@pytest.mark.parametrize("size", [224, 112])  # s14's 16×16 table as is, then resized to 8×8
+def test_s14_matches_the_official_forward(s14, size):
+    ours, official = s14
     images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     assert compare(ours, official, images) < TOL
 

@@ -3,9 +3,9 @@
 fp32 (and every GPU dtype) goes through `scaled_dot_product_attention`, unchanged: fp32
 results stay bit-identical to earlier releases. bf16 on the CPU goes through two plain
 matmuls and a softmax in fp32 instead, because PyTorch's CPU SDPA kernels gain nothing
-from bf16 (they accumulate in fp32 block by block) and their backward with a padding mask
-was measured 6× slower than fp32 on this code's shapes (`bench/bf16.py`), while the plain
-bf16 matmuls run on the CPU's bf16 units (AVX512-BF16 / AMX).
+from bf16 and their backward with a padding mask (the text tower's) took most of a bf16
+demo step in a profile, several times its fp32 time, while plain bf16 matmuls run on the
+CPU's bf16 units (AVX512-BF16 / AMX).
 """
 
 from __future__ import annotations
