@@ -4,7 +4,7 @@
 #   make test    run the whole test suite (what CI runs)
 #   make test-fast  the unit tier only (-m unit, about two minutes): the edit loop
 #   make demo    init a small model, train a tokenizer, embed an image and a text
-#   make bench   encoder throughput: ours vs a plainly written reference
+#   make bench   encoder throughput: ours (fp32, bf16, ONNX) vs the official TIPS forward
 #   make lint    ruff
 #   make image   the cpu image, built without registry or daemon (buildah; see infra/docker)
 #   make lock    re-resolve requirements-dev.lock from pyproject.toml

@@ -27,9 +27,9 @@ from tipsv2_core.train.meta_arch import TIPSv2MetaArch
 from tipsv2_core.train.optim import build_optimizer
 
 
-def matmul_rate(n: int = 1024, reps: int = 10) -> float:
-    """Sustained fp32 GEMM FLOP/s of this machine (best of `reps`)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_rate(n: int = 1024, reps: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Sustained GEMM FLOP/s of this machine in `dtype` (best of `reps`)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
     best = float("inf")
     for _ in range(reps):

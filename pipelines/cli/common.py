@@ -1,5 +1,6 @@
 """What several command groups share: the `--tracking-uri/--json` options of the commands
-that read MLflow, and the terminal table printer."""
+that read MLflow, `--precision` of the commands that run a model, and the terminal table
+printer."""
 
 from __future__ import annotations
 
@@ -30,6 +31,20 @@ def resolve_checkpoint(value: str, *, native: bool = False) -> str:
     from components.registry import native_checkpoint, resolve_model_uri
 
     return str(native_checkpoint(value) if native else resolve_model_uri(value))
+
+
+def add_precision(parser: argparse.ArgumentParser) -> None:
+    """`--precision fp32|bf16` of the commands that run a model (tipsv2_core/precision.py;
+    the names are spelled out so `tipsv2 --help` imports no torch)."""
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="compute precision of a PyTorch checkpoint: bf16 runs the matmuls in bf16 "
+        "over the fp32 weights (faster on CPUs with AVX512-BF16/AMX; outputs within 1e-2 "
+        "of fp32, README 'Performance'). ONNX exports run in their own precision "
+        "(default fp32)",
+    )
 
 
 def tracking_options() -> argparse.ArgumentParser:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipelines.cli.common import add_precision
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -58,6 +60,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--output", required=True, help="output file, .npz or .json")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_precision(p)
 
 
 def _onnx(args: argparse.Namespace) -> bool:
@@ -86,7 +89,9 @@ def run_image(args: argparse.Namespace) -> int:
         model = load_onnx_vision(args.checkpoint, args.variant)
     else:
         model = load_vision(args.checkpoint, args.variant).to(args.device)
-    arrays = embed_images(model, args.images, args.image_size, args.batch_size, args.patch_tokens)
+    arrays = embed_images(
+        model, args.images, args.image_size, args.batch_size, args.patch_tokens, args.precision
+    )
     out = save_embeddings(args.output, arrays, args.images)
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in arrays.items())
     print(f"wrote {out}: {shapes}")
@@ -107,7 +112,7 @@ def run_text(args: argparse.Namespace) -> int:
             f"{args.tokenizer}: {tokenizer.vocab_size} pieces, more than the model's "
             f"vocabulary of {model.cfg.vocab_size}"
         )
-    emb = embed_texts(model.to(args.device), tokenizer, args.texts, args.batch_size)
+    emb = embed_texts(model.to(args.device), tokenizer, args.texts, args.batch_size, args.precision)
     out = save_embeddings(args.output, {"text": emb}, args.texts)
     print(f"wrote {out}: text {tuple(emb.shape)}")
     return 0

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pipelines.cli.common import add_precision
+
 TASKS = ("zeroshot_seg", "retrieval", "classification", "knn", "linear_seg")
 TRAIN_TASKS = {"knn", "linear_seg"}  # these fit on a training split
 # tipsv2_core.eval.readers.resolve.LAYOUTS, spelled out so `tipsv2 --help` imports nothing
@@ -78,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--report", default=None, metavar="HTML", help="write a self-contained HTML report"
     )
     p.add_argument("--device", default=None)
+    add_precision(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=run_eval)
 
@@ -114,6 +117,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from components.evaluation import checkpoint_lineage, evaluate_and_report, run_history
     from tipsv2_core.eval.predictions import PredictionWriter
     from tipsv2_core.eval.readers.resolve import open_eval_views, open_train_views
+    from tipsv2_core.inference import inference_precision
     from tipsv2_core.text import Tokenizer
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -138,6 +142,8 @@ def run_eval(args: argparse.Namespace) -> int:
         for t in TRAIN_TASKS & set(tasks):
             train.view_for(t, args.train_dataset or args.dataset)
     model = load_eval_model(args.checkpoint, args.variant)
+    if args.device is not None:
+        model.to(args.device)  # the precision's autocast follows the model's device
     needs_text = {"zeroshot_seg", "retrieval", "classification"} & set(tasks)
     tokenizer = Tokenizer(find_tokenizer(args.checkpoint, args.tokenizer)) if needs_text else None
     writer = PredictionWriter(args.save_predictions, test.seg) if args.save_predictions else None
@@ -146,25 +152,26 @@ def run_eval(args: argparse.Namespace) -> int:
         lineage = checkpoint_lineage(args.checkpoint, model.variant.name)
         lineage["dataset"] = f"{args.dataset} ({test.layout}, split {args.split or 'default'})"
         lineage["config"] = lineage.pop("config")  # the long entry last
-    metrics = evaluate_and_report(
-        model,
-        tokenizer,
-        test,
-        tasks,
-        where=args.dataset,
-        train_views=train,
-        train_where=args.train_dataset or args.dataset,
-        image_size=args.image_size,
-        eval_size=args.eval_size,
-        mode=args.mode,
-        device=args.device,
-        progress=not args.quiet,
-        on_prediction=writer,
-        report=args.report,
-        subject=f"Evaluation of {Path(args.checkpoint).name}",
-        lineage=lineage,
-        history=run_history(args.checkpoint) if args.report else (),
-    )
+    with inference_precision(model, args.precision):
+        metrics = evaluate_and_report(
+            model,
+            tokenizer,
+            test,
+            tasks,
+            where=args.dataset,
+            train_views=train,
+            train_where=args.train_dataset or args.dataset,
+            image_size=args.image_size,
+            eval_size=args.eval_size,
+            mode=args.mode,
+            device=args.device,
+            progress=not args.quiet,
+            on_prediction=writer,
+            report=args.report,
+            subject=f"Evaluation of {Path(args.checkpoint).name}",
+            lineage=lineage,
+            history=run_history(args.checkpoint) if args.report else (),
+        )
     doc = json.dumps(metrics, indent=2, sort_keys=True)
     if args.output:
         write_output(args.output, metrics, args.dataset)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipelines.cli.common import resolve_checkpoint
+from pipelines.cli.common import add_precision, resolve_checkpoint
 
 CHECKPOINT_HELP = (
     "native checkpoint, official npz pair prefix, or an ONNX export directory (`tipsv2 "
@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--out", required=True, help="overlay PNG")
     seg.add_argument("--eval-size", type=int, default=448)
     seg.add_argument("--mode", default="slide", choices=("slide", "whole"))
+    add_precision(seg)
     seg.set_defaults(handler=run_segment)
 
     feat = sub.add_parser(
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     feat.add_argument("--variant", default=None)
     feat.add_argument("--image-size", type=int, default=448)
     feat.add_argument("--out", required=True, help="PNG")
+    add_precision(feat)
     feat.set_defaults(handler=run_features)
 
 
@@ -72,15 +74,17 @@ def run_segment(args: argparse.Namespace) -> int:
 
     from pipelines.cli.evaluate import find_tokenizer
     from tipsv2_core.eval.visualize import overlay, segment_image
+    from tipsv2_core.inference import inference_precision
     from tipsv2_core.text import Tokenizer
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     image = _open(args.image)
     model = _load(args)
     tokenizer = Tokenizer(find_tokenizer(args.checkpoint, args.tokenizer))
-    labels = segment_image(
-        model, tokenizer, image, classes, eval_size=args.eval_size, mode=args.mode
-    )
+    with inference_precision(model, args.precision):
+        labels = segment_image(
+            model, tokenizer, image, classes, eval_size=args.eval_size, mode=args.mode
+        )
     overlay(image, labels, len(classes)).save(args.out)
     share = np.bincount(labels.ravel(), minlength=len(classes)) / labels.size
     print(
@@ -97,8 +101,10 @@ def run_segment(args: argparse.Namespace) -> int:
 def run_features(args: argparse.Namespace) -> int:
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     from tipsv2_core.eval.visualize import pca_features
+    from tipsv2_core.inference import inference_precision
 
     model = _load(args)
-    pca_features(model, _open(args.image), args.image_size).save(args.out)
+    with inference_precision(model, args.precision):
+        pca_features(model, _open(args.image), args.image_size).save(args.out)
     print(json.dumps({"out": args.out}))
     return 0

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tipsv2_core.distributed import all_gather_with_grad, rank
+from tipsv2_core.precision import full_precision
 
 
 def clip_loss(
@@ -26,11 +27,15 @@ def clip_loss(
         raise ValueError(
             f"image {tuple(image_emb.shape)} and text {tuple(text_emb.shape)} embeddings differ"
         )
-    all_images = all_gather_with_grad(image_emb)
-    all_texts = all_gather_with_grad(text_emb)
-    b = image_emb.shape[0]
-    labels = torch.arange(b, device=image_emb.device) + rank() * b
-    tau = temperature.reshape(())
-    logits_i2t = image_emb @ all_texts.T / tau  # [b, W*b]
-    logits_t2i = text_emb @ all_images.T / tau  # [b, W*b]
-    return 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))
+    # Logits in fp32 under bf16 autocast: a bf16 cosine carries ~4e-3 of rounding, which
+    # 1/τ (up to 1000) would turn into whole units of logit. (No-op in fp32.)
+    image_emb, text_emb = image_emb.float(), text_emb.float()
+    with full_precision(image_emb.device.type):
+        all_images = all_gather_with_grad(image_emb)
+        all_texts = all_gather_with_grad(text_emb)
+        b = image_emb.shape[0]
+        labels = torch.arange(b, device=image_emb.device) + rank() * b
+        tau = temperature.reshape(())
+        logits_i2t = image_emb @ all_texts.T / tau  # [b, W*b]
+        logits_t2i = text_emb @ all_images.T / tau  # [b, W*b]
+        return 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tipsv2_core.models.attention import attention
+
 LN_EPS = 1e-6  # the vision tower's LayerNorm epsilon (Scenic / Flax default)
 
 
@@ -50,9 +52,9 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection.
 
-    Runs through `scaled_dot_product_attention`, which picks a fused kernel and never
-    materialises the [B, heads, N, N] score matrix where a flash/memory-efficient kernel
-    applies.
+    Runs through `attention.attention`: `scaled_dot_product_attention` in fp32, which picks
+    a fused kernel and never materialises the [B, heads, N, N] score matrix where a
+    flash/memory-efficient kernel applies; plain bf16 matmuls under bf16 on the CPU.
     """
 
     def __init__(self, dim: int, num_heads: int) -> None:
@@ -69,7 +71,7 @@ class Attention(nn.Module):
         # [B, N, 3, heads, hd] -> [3, B, heads, N, hd]
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
     def values(self, x: torch.Tensor) -> torch.Tensor:

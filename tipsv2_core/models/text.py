@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tipsv2_core import precision
+from tipsv2_core.models.attention import attention
 from tipsv2_core.models.variants import TextConfig
 
 POOL_EPS = 1e-8  # as in the official GlobalAvgPooling
@@ -45,7 +47,7 @@ class TextAttention(nn.Module):
         b, n, d = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_valid[:, None, None, :])
+        out = attention(q, k, v, key_valid[:, None, None, :])
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -89,7 +91,12 @@ class Transformer(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """ids [B, L] int64, paddings [B, L] (1 = pad) -> pooled text embedding [B, D]."""
+    """ids [B, L] int64, paddings [B, L] (1 = pad) -> pooled text embedding [B, D].
+
+    `compute_precision` as in `VisionTransformer`: how inference computes (fp32 or bf16).
+    """
+
+    compute_precision = "fp32"
 
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
@@ -121,8 +128,9 @@ class TextEncoder(nn.Module):
         # A row made only of padding (an empty text) would give an all -inf attention row
         # and NaNs; let such rows attend everywhere. Their pooled output is 0 either way.
         key_valid = valid | ~valid.any(dim=1, keepdim=True)
-        x = self.token_embedding(ids) * math.sqrt(self.cfg.width)
-        x = x + sinusoidal_positions(ids.shape[1], self.cfg.width, x.device).to(x.dtype)
-        x = self.ln_final(self.transformer(x, key_valid))
-        keep = valid[..., None].to(x.dtype)  # [B, L, 1]
-        return (x * keep).sum(dim=1) / (keep.sum(dim=1) + POOL_EPS)
+        with precision.autocast(self.compute_precision, ids.device):
+            x = self.token_embedding(ids) * math.sqrt(self.cfg.width)
+            x = x + sinusoidal_positions(ids.shape[1], self.cfg.width, x.device).to(x.dtype)
+            x = self.ln_final(self.transformer(x, key_valid))
+            keep = valid[..., None].to(x.dtype)  # [B, L, 1]
+            return (x * keep).sum(dim=1) / (keep.sum(dim=1) + POOL_EPS)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tipsv2_core import precision
 from tipsv2_core.models.layers import LN_EPS, Block, PatchEmbed
 from tipsv2_core.models.variants import VisionConfig
 
@@ -34,7 +35,14 @@ class VisionOutput:
 
 
 class VisionTransformer(nn.Module):
-    """ViT image encoder with the official TIPS parameter names and shapes."""
+    """ViT image encoder with the official TIPS parameter names and shapes.
+
+    `compute_precision` ("fp32" or "bf16") is how the forward passes compute at inference
+    (`tipsv2_core.inference.inference_precision` sets it); training sets its precision
+    around the whole step instead (`run.precision`).
+    """
+
+    compute_precision = "fp32"
 
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
@@ -121,10 +129,11 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> VisionOutput:
         """images: [B, 3, H, W] with H, W multiples of 14 -> final-norm CLS1, CLS2, patches."""
-        x = self.prepare_tokens(images, masks)
-        for blk in self.blocks:
-            x = blk(x)
-        return self._split(x, *self._grid(images))
+        with precision.autocast(self.compute_precision, images.device):
+            x = self.prepare_tokens(images, masks)
+            for blk in self.blocks:
+                x = blk(x)
+            return self._split(x, *self._grid(images))
 
     def get_intermediate_layers(
         self, images: torch.Tensor, layers: list[int] | int = 1, norm: bool = True
@@ -138,20 +147,21 @@ class VisionTransformer(nn.Module):
         wanted = list(range(depth - layers, depth)) if isinstance(layers, int) else layers
         wanted = [i % depth for i in wanted]
         h, w = self._grid(images)
-        x = self.prepare_tokens(images)
-        outs: dict[int, torch.Tensor] = {}
-        for i, blk in enumerate(self.blocks[: max(wanted) + 1]):
-            x = blk(x)
-            if i in wanted:
-                outs[i] = x
-        results = []
-        for i in wanted:
-            t = outs[i]
-            if norm:
-                results.append(self._split(t, h, w))
-            else:
-                p = t[:, NUM_PREFIX_TOKENS:].reshape(t.shape[0], h, w, -1)
-                results.append(VisionOutput(cls1=t[:, 0], cls2=t[:, 1], patch_tokens=p))
+        with precision.autocast(self.compute_precision, images.device):
+            x = self.prepare_tokens(images)
+            outs: dict[int, torch.Tensor] = {}
+            for i, blk in enumerate(self.blocks[: max(wanted) + 1]):
+                x = blk(x)
+                if i in wanted:
+                    outs[i] = x
+            results = []
+            for i in wanted:
+                t = outs[i]
+                if norm:
+                    results.append(self._split(t, h, w))
+                else:
+                    p = t[:, NUM_PREFIX_TOKENS:].reshape(t.shape[0], h, w, -1)
+                    results.append(VisionOutput(cls1=t[:, 0], cls2=t[:, 1], patch_tokens=p))
         return results
 
     def forward_values(self, images: torch.Tensor) -> torch.Tensor:
@@ -160,11 +170,12 @@ class VisionTransformer(nn.Module):
         Blocks 0..L-2 run normally; the last block's attention is replaced by each token's
         own value projection (MaskCLIP), keeping its residual and MLP.
         """
-        x = self.prepare_tokens(images)
-        for blk in self.blocks[:-1]:
-            x = blk(x)
-        x = self.blocks[-1].forward_values(x)
-        return self._split(x, *self._grid(images)).patch_tokens
+        with precision.autocast(self.compute_precision, images.device):
+            x = self.prepare_tokens(images)
+            for blk in self.blocks[:-1]:
+                x = blk(x)
+            x = self.blocks[-1].forward_values(x)
+            return self._split(x, *self._grid(images)).patch_tokens
 
 
 def num_patches(image_size: int | tuple[int, int], patch_size: int = 14) -> int:

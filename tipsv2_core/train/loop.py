@@ -15,10 +15,10 @@ directory (checkpoints, metrics, final model); the other ranks wait for it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tipsv2_core import distributed as dist
+from tipsv2_core import precision
 from tipsv2_core.config import TrainConfig, to_dict, validate
 from tipsv2_core.data.train_dataset import ResumableBatchSampler, TrainDataset, collate
 from tipsv2_core.data.views import ViewConfig
@@ -60,11 +61,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
-    bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and device.type == "cuda")
-    if bf16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _check_precision(cfg: TrainConfig, device: torch.device) -> None:
+    bf16 = precision.resolve(cfg.run.precision, device) == "bf16"
+    if bf16 and device.type == "cpu" and not precision.cpu_has_bf16():
+        warnings.warn(
+            "run.precision=bf16 on a CPU without AVX512-BF16/AMX: bf16 is emulated and "
+            "slower than fp32",
+            stacklevel=3,
+        )
 
 
 def make_loader(
@@ -183,6 +187,7 @@ def run_training(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device is not None else resolve_device(cfg.run.device)
+    _check_precision(cfg, device)
     torch.manual_seed(cfg.run.seed)
     if rank == 0:  # one writer for the run's tokenizer; the others then find it
         tokenizer = ensure_tokenizer(cfg, out)
@@ -259,7 +264,7 @@ def run_training(
         terms: dict[str, float] = {}
         for _ in range(cfg.optim.accum_steps):
             batch = _move(next(it), device)
-            with _autocast(cfg, device):
+            with precision.autocast(cfg.run.precision, device):
                 loss, parts = arch.training_forward(batch, teacher_temp, ssl_scale)
             (loss / cfg.optim.accum_steps).backward()
             for name, v in parts.items():

@@ -173,11 +173,12 @@ def clip_terms(
     ids, pad = batch["cls1_ids"], batch["cls1_pad"]
     if two_cls:  # one text pass for both caption sets
         ids, pad = torch.cat([ids, batch["cls2_ids"]]), torch.cat([pad, batch["cls2_pad"]])
-    text = l2_normalize(student.text(ids, pad))
+    # Normalised in fp32: the towers' outputs are bf16 under bf16 autocast (no-op in fp32).
+    text = l2_normalize(student.text(ids, pad).float())
     b = image.cls1.shape[0]
-    out = {"clip_cls1_loss": clip_loss(l2_normalize(image.cls1), text[:b], tau)}
+    out = {"clip_cls1_loss": clip_loss(l2_normalize(image.cls1.float()), text[:b], tau)}
     if two_cls:
-        out["clip_cls2_loss"] = clip_loss(l2_normalize(image.cls2), text[b:], tau)
+        out["clip_cls2_loss"] = clip_loss(l2_normalize(image.cls2.float()), text[b:], tau)
         out["clip_loss"] = 0.5 * (out["clip_cls1_loss"] + out["clip_cls2_loss"])
     else:
         out["clip_loss"] = out["clip_cls1_loss"]
