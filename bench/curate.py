@@ -145,6 +145,8 @@ def _clean(clock: Clock, data: bytes, rules) -> tuple:
     clock("checks", im._check_size, *source_size, rules)
     steps: list[str] = []
     image = clock("decode", im._decode, opened, rules.resize_max_side)
+    if image.size != source_size:
+        steps.append("draft_decode")
 
     def convert(image):
         image = im._orient(image, steps)
@@ -236,6 +238,9 @@ def main() -> None:
     counts: dict[str, int] = {}
     try:
         stages = breakdown(src, cfg, min(n, BREAKDOWN_RECORDS), out / "breakdown")
+        print("per record, ms, stage by stage on one core in this process:")
+        for stage, ms in stages.items():
+            print(f"  {stage:<32}{ms:7.3f}")
         t0 = time.perf_counter()
         with ray_session(workers=2):
             ray_start = time.perf_counter() - t0
@@ -278,10 +283,10 @@ def main() -> None:
     ray_ms = {w: cpu_ms[f"ray {w}"] - cpu_ms["plain loop"] for w in ("1 worker", "2 workers")}
     stages["Ray overhead, 1 worker (CPU)"] = ray_ms["1 worker"]
     stages["Ray overhead, 2 workers (CPU)"] = ray_ms["2 workers"]
-    print("\nper record, ms (stages on one core in this process; Ray's overhead is the CPU of a "
-          "Ray run beyond the plain loop's):")  # fmt: skip
-    for stage, ms in stages.items():
-        print(f"  {stage:<32}{ms:7.3f}")
+    print(
+        f"\nRay's overhead per record (CPU of a Ray run beyond the plain loop's): "
+        f"{ray_ms['1 worker']:.3f} ms with 1 worker, {ray_ms['2 workers']:.3f} ms with 2"
+    )
     load = os.getloadavg()
     print(
         f"\nray 2 workers / ray 1 worker: {two_over_one:.2f}x; ray 1 worker / plain loop: "
