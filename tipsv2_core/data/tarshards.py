@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from tipsv2_core.data import tarmember
 from tipsv2_core.data.hashing import phash, sha256_hex
 from tipsv2_core.data.layout import DatasetError, local_path
 
@@ -125,34 +126,32 @@ class ShardWriter:
         self.max_samples = max_samples_per_shard
         self.max_bytes = max_bytes
         self.shards: list[Path] = []  # completed shards, in order
-        self._tar: tarfile.TarFile | None = None
         self._file: io.BufferedWriter | None = None
         self._tmp: Path | None = None
+        self._offset = 0  # bytes written to the open shard
         self._count = 0
         self._bytes = 0
 
     def _open(self) -> None:
         name = f"{self.prefix}-{len(self.shards):06d}.tar"
         self._tmp = self.out_dir / f".{name}.partial"
-        # Both stay open across write() calls and are closed in _finish() or abort().
+        # Stays open across write() calls and is closed in _finish() or abort(). Members
+        # are laid out as tarfile's PAX format does it (tarmember.py), byte for byte.
         self._file = open(self._tmp, "wb")  # noqa: SIM115
-        self._tar = tarfile.open(  # noqa: SIM115
-            fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT
-        )
-        self._count = self._bytes = 0
+        self._count = self._bytes = self._offset = 0
 
     def _finish(self) -> None:
-        if self._tar is None:
+        if self._file is None:
             return
-        assert self._file is not None and self._tmp is not None
-        self._tar.close()
+        assert self._tmp is not None
+        self._file.write(tarmember.end_of_archive(self._offset))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         final = self._tmp.with_name(self._tmp.name[1 : -len(".partial")])
         os.replace(self._tmp, final)
         self.shards.append(final)
-        self._tar = self._file = self._tmp = None
+        self._file = self._tmp = None
 
     @property
     def current(self) -> str:
@@ -167,19 +166,17 @@ class ShardWriter:
         if bad:
             raise DatasetError(f"sample {key!r}: invalid member extensions {bad}")
         size = sum(512 + -(-len(b) // 512) * 512 for b in files.values())
-        if self._tar is not None and (
+        if self._file is not None and (
             self._count >= self.max_samples or self._bytes + size > self.max_bytes
         ):
             self._finish()
-        if self._tar is None:
+        if self._file is None:
             self._open()
-        assert self._tar is not None
+        assert self._file is not None
         for ext, data in files.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            parts = tarmember.member(f"{key}.{ext}", data)
+            self._file.writelines(parts)
+            self._offset += sum(map(len, parts))
         self._count += 1
         self._bytes += size
         return self.current
@@ -191,14 +188,14 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drops the open shard without renaming it (completed shards stay)."""
-        if self._tar is not None:
-            assert self._file is not None and self._tmp is not None
+        if self._file is not None:
+            assert self._tmp is not None
             # On a full disk closing flushes into the same ENOSPC: the shard is dropped
             # either way, and the error being handled is the one to report.
             with contextlib.suppress(OSError):
                 self._file.close()
             self._tmp.unlink(missing_ok=True)
-            self._tar = self._file = self._tmp = None
+            self._file = self._tmp = None
 
     def __enter__(self) -> ShardWriter:
         return self

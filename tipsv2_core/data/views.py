@@ -57,8 +57,14 @@ def _crop_box(
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> [3, H, W] float32 in [0, 1]."""
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    """PIL RGB -> [3, H, W] float32 in [0, 1], contiguous.
+
+    The bytes are put in channel order first (uint8, a quarter of the float traffic) and
+    divided once: the same float32 values as `asarray(float32) / 255`, without the strided
+    [H, W, 3] -> [3, H, W] view that made every later copy (collate's stack) slow.
+    """
+    chw = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+    return torch.from_numpy(chw).to(torch.float32).div_(255.0)
 
 
 def random_resized_crop(
