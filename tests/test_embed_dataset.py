@@ -178,6 +178,14 @@ def test_changed_settings_are_refused_naming_them(embedded, export, dataset, tmp
     assert (other / "notes.txt").read_text() == "keep me"
 
 
+def visible_parts(out: Path) -> list[Path]:
+    """Parts a reader sees: not the hidden temporary files (`.NAME.tmp-….parquet`) that
+    pathlib's glob would also match."""
+    if not (out / PARTS_DIR).is_dir():
+        return []
+    return [p for p in (out / PARTS_DIR).glob("*.parquet") if not p.name.startswith(".")]
+
+
 def test_a_killed_run_leaves_only_whole_parts_and_the_rerun_finishes(export, dataset, tmp_path):
     out = tmp_path / "emb"
     # 448 px on one core: a few seconds per shard, time to kill it between parts.
@@ -186,7 +194,7 @@ def test_a_killed_run_leaves_only_whole_parts_and_the_rerun_finishes(export, dat
            "--batch-size", "2", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    while not list((out / PARTS_DIR).glob("*.parquet")) if (out / PARTS_DIR).is_dir() else True:
+    while not visible_parts(out):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -194,7 +202,7 @@ def test_a_killed_run_leaves_only_whole_parts_and_the_rerun_finishes(export, dat
     proc.wait()
     proc.stderr.close()
     shards = len(open_dataset(dataset).shards())
-    parts = list((out / PARTS_DIR).glob("*.parquet"))
+    parts = visible_parts(out)
     assert 1 <= len(parts) < shards, "the run finished before it could be killed"
     for p in parts:  # every visible part is whole: it opens and holds its recorded rows
         info = part_info(p)
@@ -205,6 +213,7 @@ def test_a_killed_run_leaves_only_whole_parts_and_the_rerun_finishes(export, dat
     r = cli(*cmd[1:-1])
     assert r.returncode == 0, r.stderr
     assert f"{len(parts)} done before (skipped)" in r.stderr
+    assert [p.name for p in (out / PARTS_DIR).iterdir() if p.name.startswith(".")] == []
     emb = load_embeddings(out)
     assert sorted(emb.keys) == sorted(open_dataset(dataset).manifest.column("key").to_pylist())
 
