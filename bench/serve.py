@@ -23,6 +23,7 @@ import base64
 import contextlib
 import io
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -54,23 +55,36 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def server(cmd: list[str], ready_path: str, port: int, env: dict | None = None) -> Iterator[str]:
+    """A server started in its own process group (`mlflow models serve` runs uvicorn in a
+    child), ready on `ready_path`; the whole group is stopped afterwards. Its output is
+    kept in a temporary file and shown if it fails to start."""
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}")
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(url + ready_path, timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd[:4]} not ready after 300 s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-3000:]
+                    raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}:\n{tail}")
+                with contextlib.suppress(requests.ConnectionError):
+                    if requests.get(url + ready_path, timeout=5).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{cmd[:4]} not ready after 300 s")
+                time.sleep(0.3)
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def load(send: Callable[[], requests.Response], concurrency: int, n: int) -> dict[str, float]:
@@ -105,6 +119,8 @@ def main() -> int:
         ("nano14", 112, 16) if args.tiny else (args.variant, args.size, args.requests)
     )
     levels = [int(c) for c in args.concurrency.split(",")]
+    # A SIGTERM (e.g. from `timeout`) unwinds the servers' contexts: no server outlives us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"load average before: {os.getloadavg()}")
     torch.manual_seed(0)
     model = randomize_(TIPSModel(variant, pos_grid=32), scale=0.02).eval()
@@ -135,7 +151,9 @@ def main() -> int:
             uri = f"sqlite:///{tmp}/mlflow.db"
             version = register_export(export, "bench-serve", {}, tracking_uri=uri).version
             port = free_port()
-            env = os.environ | {"MLFLOW_TRACKING_URI": uri}
+            # `mlflow models serve` starts `uvicorn` by name: the venv's bin must be on PATH.
+            path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+            env = os.environ | {"MLFLOW_TRACKING_URI": uri, "PATH": path}
             cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m",
                    f"models:/bench-serve/{version}", "--env-manager", "local",
                    "--port", str(port), "--host", "127.0.0.1"]  # fmt: skip
@@ -148,8 +166,12 @@ def main() -> int:
             for c in levels:
                 for name, (_, _, _, body, path) in contenders.items():
                     url = urls[name] + path
-                    load(lambda url=url, body=body: requests.post(url, json=body), c, max(c, 4))
-                    res = load(lambda url=url, body=body: requests.post(url, json=body), c, n)
+
+                    def send(url=url, body=body) -> requests.Response:
+                        return requests.post(url, json=body, timeout=600)
+
+                    load(send, c, max(c, 4))  # warm-up
+                    res = load(send, c, n)
                     rows.append({"contender": name, "concurrency": c, **res})
     print(f"load average after: {os.getloadavg()}")
     print(f"{variant} at {size} px, {n} requests per contender and level")

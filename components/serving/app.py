@@ -9,6 +9,7 @@ task, `/metrics`, and a status route — a Starlette app, run by uvicorn (`serve
     POST /api/embed/image | /api/embed/text | /api/segment   plain JSON
     GET  /api/status                                 served version, last swap, settings
     GET  /metrics                                    Prometheus
+    GET  / , POST /api/search, GET /api/images/{key} the web page and its search (web.py)
 
 Models `m`: image-embedding, text-embedding, segmentation (tipsv2_core.serving.tasks).
 Errors are the protocol's `{"error": "..."}` with a 4xx naming the problem (5xx only for
@@ -119,6 +120,7 @@ class InferenceServer:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self.batchers: dict[str, Batcher] = {}
         self.started = time.time()
+        self.index_info: dict[str, Any] | None = None  # the --index searched, if any
 
     # -- lifecycle -------------------------------------------------------------------
     def start_batchers(self) -> None:
@@ -321,6 +323,7 @@ class InferenceServer:
                 "limits": asdict(self.settings.limits),
                 "batching": asdict(self.settings.batching),
                 "uptime_s": round(time.time() - self.started, 1),
+                "index": self.index_info,
             }
         )
 
@@ -352,8 +355,10 @@ def create_app(
     server: InferenceServer,
     on_startup: Callable[[], None] | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    extra_routes: list[Route] | None = None,
 ) -> Starlette:
-    """The Starlette app; batchers start with the event loop, then `on_startup` runs."""
+    """The Starlette app; batchers start with the event loop, then `on_startup` runs.
+    `extra_routes`: the web page's (web.py)."""
     import contextlib
 
     @contextlib.asynccontextmanager
@@ -375,7 +380,7 @@ def create_app(
         return error(f"no route {request.url.path}", 404)
 
     return Starlette(
-        routes=server.routes(),
+        routes=server.routes() + list(extra_routes or []),
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_found},
     )

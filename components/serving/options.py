@@ -46,3 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-items", type=int, default=32, help="images or texts per request")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between alias checks")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument(
+        "--index",
+        default=None,
+        help="an embeddings directory (tipsv2 embed dataset) to search from the web page "
+        "(GET /) and POST /api/search",
+    )

@@ -118,7 +118,13 @@ def build(args: argparse.Namespace):
         if follower is not None:
             follower.stop()
 
-    return create_app(server, on_startup, on_shutdown), follower
+    from components.serving.web import SearchIndex, WebRoutes
+
+    search = SearchIndex.open(args.index) if args.index else None
+    if search is not None:
+        server.index_info = search.describe()
+    web = WebRoutes(server, search)
+    return create_app(server, on_startup, on_shutdown, web.routes()), follower
 
 
 def _load_once(slot: ModelSlot, load: Callable[[], Servable], on_swap, version: str) -> None:
@@ -167,6 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # EmbeddingsError of --index too
         print(f"serve: error: {e}", file=sys.stderr)
         return 2
