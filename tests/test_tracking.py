@@ -460,7 +460,15 @@ def start_train(
     for item in (*TINY_TRAIN, *extra):
         argv += ["--set", item]
     pipe = subprocess.PIPE
-    return subprocess.Popen(argv, env=env, text=True, stdout=pipe, stderr=pipe)
+
+    def terminal_sigint() -> None:
+        # A shell's background job starts with SIGINT ignored, and Python keeps an ignored
+        # SIGINT ignored: give the child the default that a terminal's Ctrl-C meets.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return subprocess.Popen(
+        argv, env=env, text=True, stdout=pipe, stderr=pipe, preexec_fn=terminal_sigint
+    )
 
 
 def standalone_runs(uri: str, out: Path) -> tuple[Any, Any]:
@@ -514,10 +522,26 @@ def test_standalone_train_never_leaves_its_runs_running(how, ray, stack_env, tra
     """A failed run ends FAILED, an interrupted or terminated one KILLED: parent and step."""
     out = tmp_path / "run"
     uri = stack_env["MLFLOW_TRACKING_URI"]
+    try:
+        _interrupt_and_check(how, ray, stack_env, train_data, out, uri)
+    finally:  # a failed check must not leave a 100,000-step training behind
+        for proc in _started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        _started.clear()
+
+
+_started: list[subprocess.Popen[str]] = []
+
+
+def _interrupt_and_check(how: str, ray: bool, stack_env, train_data, out: Path, uri: str) -> None:
     if how == "error":  # τ = 1e-45 (valid) overflows the logits: NaN loss at step 1
         proc = start_train(stack_env, train_data, out, "model.init_temperature=1e-45")
+        _started.append(proc)
     else:
         proc = start_train(stack_env, train_data, out, "stages.0.steps=100000", ray=ray)
+        _started.append(proc)
         deadline = time.monotonic() + 240
         # Interrupted mid-training: once the step run has logged a loss.
         while time.monotonic() < deadline and proc.poll() is None:

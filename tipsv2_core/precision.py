@@ -58,7 +58,8 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
 def full_precision(device_type: str) -> Iterator[None]:
     """Autocast off for `device_type` inside (a loss's logits and reductions); a no-op
     when no autocast is active."""
-    if torch.is_autocast_enabled(device_type):
+    # Autocast exists only for real devices: the dry run's meta tensors have none.
+    if device_type != "meta" and torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
             yield
     else:
