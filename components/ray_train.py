@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from components.settings import disable_telemetry
 from tipsv2_core.config import TrainConfig, from_dict, to_dict
+from tipsv2_core.errors import TrainingDiverged
 from tipsv2_core.uri import strip_file_scheme
 
 Kind = Literal["pretrain", "distill"]
@@ -46,6 +47,7 @@ RAY_ENV_DEFAULTS = {
 }
 ATTEMPTS_FILE = "attempts.jsonl"
 TRACKING_FILE = "tracking.json"  # rank 0's tracker outcome, for the driver to report
+DIVERGED_FILE = "diverged.json"  # rank 0's note of a diverged training, for the driver
 
 
 @dataclass
@@ -181,6 +183,12 @@ def _worker_loop(config: dict[str, Any]) -> None:
         try:
             _run_worker(config, cfg, out, rank, tracker, last)
             status = "FINISHED"
+        except TrainingDiverged as e:
+            # Deterministic: a retry from the last checkpoint would diverge again, so the
+            # worker ends normally (no Ray restart) and the driver raises the same error.
+            if rank == 0:
+                doc = {"launch": config["launch"], "message": str(e)}
+                (out / DIVERGED_FILE).write_text(json.dumps(doc) + "\n")
         finally:
             if tracker is not None:  # the driver repeats what the worker's log says
                 outcome = tracker.outcome(tracker.close(status))
@@ -307,6 +315,9 @@ def train_on_ray(
     say(f"ray: {spec.workers} worker(s), storage {storage}, start-up {startup:.1f} s")
     result = _fit(trainer)
     fit_s = time.perf_counter() - t0 - startup
+    diverged = _read_launch_file(out / DIVERGED_FILE, launch)
+    if diverged:
+        raise TrainingDiverged(diverged["message"])
     attempts = [
         entry
         for line in (out / ATTEMPTS_FILE).read_text().splitlines()
@@ -348,13 +359,18 @@ def _fit(trainer: Any) -> Any:
                 signal.signal(signal.SIGINT, before)
 
 
-def _tracking_outcome(out: Path, launch: str) -> dict[str, Any]:
-    """What rank 0's tracker of this launch reported (empty: it did not track)."""
+def _read_launch_file(path: Path, launch: str) -> dict[str, Any]:
+    """The JSON document rank 0 wrote at `path` during launch `launch` (empty: none)."""
     try:
-        doc = json.loads((out / TRACKING_FILE).read_text())
+        doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return doc if doc.get("launch") == launch else {}
+    return doc if isinstance(doc, dict) and doc.get("launch") == launch else {}
+
+
+def _tracking_outcome(out: Path, launch: str) -> dict[str, Any]:
+    """What rank 0's tracker of this launch reported (empty: it did not track)."""
+    return _read_launch_file(out / TRACKING_FILE, launch)
 
 
 def tracking_warnings(outcome: Mapping[str, Any]) -> list[str]:

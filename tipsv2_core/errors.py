@@ -1,4 +1,5 @@
-"""Exceptions the library raises for bad input; each message names the file and the problem."""
+"""Exceptions the library raises for bad input or a failed run; each message names the
+file, field or step and the problem."""
 
 
 class UserError(Exception):
@@ -9,3 +10,13 @@ class UserError(Exception):
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete, corrupt, unsafe or does not fit the model."""
+
+
+class RunFailed(RuntimeError):
+    """A run that started well and could not finish for a reason its message states (not
+    a bug, not bad input): the CLI prints the message as one line and exits 1."""
+
+
+class TrainingDiverged(RunFailed, FloatingPointError):
+    """A loss term became NaN or infinite. The message names the term, its value and the
+    step; no checkpoint of the diverged state is written, the previous ones stay."""

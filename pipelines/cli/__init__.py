@@ -77,9 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     User errors are ValueError (bad values, files, configs; the library's own errors
     derive from it), OSError from files and sockets (missing, unwritable, a full disk,
-    refused connections) and the services' errors marked UserError. Anything else is a
-    bug and keeps its traceback. Ctrl-C ends with one line and exit 130.
+    refused connections) and the services' errors marked UserError. A run that failed
+    for a stated reason (RunFailed: a training that diverged) is one line and exit 1.
+    Anything else is a bug and keeps its traceback. Ctrl-C ends with one line and exit 130.
     """
+    from tipsv2_core.errors import RunFailed
+
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "needs_tracking", False):
@@ -90,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tipsv2 {args.command}: interrupted", file=sys.stderr)
         return 130
+    except RunFailed as e:
+        print(f"tipsv2 {args.command}: failed: {e}", file=sys.stderr)
+        return 1
     except Exception as e:
         message = user_error(e, output=_output_of(args))
         if message is None:

@@ -34,6 +34,7 @@ from tipsv2_core import precision
 from tipsv2_core.config import TrainConfig, to_dict, validate
 from tipsv2_core.data.train_dataset import ResumableBatchSampler, TrainDataset, collate
 from tipsv2_core.data.views import ViewConfig
+from tipsv2_core.errors import TrainingDiverged
 from tipsv2_core.models.io import save_model
 from tipsv2_core.train.checkpointing import (
     latest_checkpoint,
@@ -277,8 +278,10 @@ def run_training(
             terms = dict(zip(names, vec.tolist(), strict=True))
         bad = [name for name, v in terms.items() if not math.isfinite(v)]
         if bad:
-            raise FloatingPointError(
-                f"{bad[0]} is {terms[bad[0]]} at step {step + 1}; stopping (no checkpoint written)"
+            raise TrainingDiverged(
+                f"{bad[0]} is {terms[bad[0]]} at step {step + 1}; training stopped (no "
+                "checkpoint of this state written; a lower learning rate or a larger "
+                "temperature may help)"
             )
         sync_gradients(arch.trainable_modules())
         if cfg.optim.clip_grad > 0:
