@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from tipsv2_core.atomic import COMPLETE_FILE, OutputExistsError
 from tipsv2_core.data.shards import open_dataset
+from tipsv2_core.fingerprint import model_fingerprint
 from tipsv2_core.runlock import run_lock
 from tipsv2_core.search.embed_shard import embed_shard
 from tipsv2_core.search.index import ensure_index
@@ -53,6 +54,7 @@ from tipsv2_core.search.store import (
     read_manifest,
     write_manifest,
 )
+from tipsv2_core.uri import strip_file_scheme
 
 DEFAULT_IMAGE_SIZE = 448
 
@@ -66,6 +68,7 @@ class EmbedResult:
     total_rows: int
     seconds: float
     executor: str
+    uri: str  # where the embeddings are: `out` itself, or the s3:// prefix it was published to
 
 
 def resolve_model(model: str, tracking_uri: str | None = None) -> Path:
@@ -81,26 +84,53 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> Path:
     return path
 
 
-def model_fingerprint(path: Path) -> str:
-    """The sha256 of what identifies the weights: an export's `export_meta.json` (it holds
-    the parity measured on these weights), or a checkpoint's `model.safetensors`."""
-    from tipsv2_core.export import is_onnx_export
-    from tipsv2_core.export.runtime import META_FILE, export_root
-    from tipsv2_core.models.io import is_native
+def _cache_dir(uri: str, use: str) -> Path:
+    """A folder under $TIPSV2_HOME/cache/embeddings for object-store prefix `uri`: `use`
+    "staging" (where an embedding bound for it is made and resumed) or "mirror" (a
+    reader's copy). Two folders, so that a reader never sees a write in progress."""
+    from components.settings import tipsv2_home
 
-    if is_onnx_export(path):
-        root = export_root(path)
-        assert root is not None
-        file = root / META_FILE
-    elif is_native(path):
-        file = path / "model.safetensors"
-    else:
-        raise EmbeddingsError(f"{path}: neither an ONNX export nor a native checkpoint")
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    key = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    return tipsv2_home() / "cache" / "embeddings" / use / key
+
+
+def _remote_complete(uri: str) -> bool:
+    from components import storage
+    from components.settings import configure
+
+    configure()  # the stack's S3 variables, unless the environment already names a store
+    return storage.exists(f"{uri.rstrip('/')}/{COMPLETE_FILE}")
+
+
+def fetch_embeddings(index: str | os.PathLike) -> Path:
+    """An embeddings directory to read: a local path as it is; an s3:// prefix mirrored
+    into the cache, downloaded again only when its manifest changed. A prefix without its
+    COMPLETE object (a write in progress or killed) is refused."""
+    from components import storage
+    from components.datasets import is_remote
+
+    text = os.fspath(index)
+    if not is_remote(text):
+        return Path(strip_file_scheme(text))
+    if not _remote_complete(text):
+        raise EmbeddingsError(
+            f"{text}: incomplete or missing embeddings (no {COMPLETE_FILE} object); a write "
+            "that did not finish leaves one; `tipsv2 embed dataset --out` it again"
+        )
+    mirror = _cache_dir(text, "mirror")
+    remote = storage.read_bytes(f"{text.rstrip('/')}/{MANIFEST_FILE}")
+    with contextlib.suppress(OSError):
+        if (mirror / COMPLETE_FILE).is_file() and (mirror / MANIFEST_FILE).read_bytes() == remote:
+            return mirror
+    tmp = mirror.with_name(f".{mirror.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        storage.get_directory(text, tmp)
+        shutil.rmtree(mirror, ignore_errors=True)
+        tmp.rename(mirror)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return mirror
 
 
 def default_image_size(path: Path) -> int:
@@ -232,6 +262,11 @@ def embed_dataset(
     A rerun with the same settings skips the shards already done; other settings are
     refused (EmbeddingsError naming the differences) unless `force`. Ends with the
     COMPLETE marker and the faiss index (`index_kind`: flat | hnsw).
+
+    An s3:// `out` is made in a staging folder under $TIPSV2_HOME/cache (started from
+    the prefix's complete contents, if any, so that resume and refusals work as for a
+    folder) and then published with COMPLETE last (components.datasets.publish): no
+    reader takes a half-written prefix for embeddings.
     """
     t0 = time.perf_counter()
     if caption is not None and caption not in CAPTION_FIELDS:
@@ -258,7 +293,15 @@ def embed_dataset(
     for shard, s in zip(cols["shard"], cols["split"], strict=True):
         if shard in expected and split in (None, s):
             expected[shard] += 1
-    out = Path(out)
+    from components import storage
+    from components.datasets import is_remote, publish
+
+    remote = os.fspath(out) if is_remote(os.fspath(out)) else None
+    if remote is not None:
+        out = _cache_dir(remote, "staging")
+        if not out.exists() and _remote_complete(remote):
+            storage.get_directory(remote, out)
+    out = Path(strip_file_scheme(os.fspath(out)))
     with run_lock(out, what="embedding"):
         _prepare_out(out, settings, force)
         manifest = read_manifest(out) or Manifest(settings)
@@ -308,5 +351,7 @@ def embed_dataset(
         write_manifest(out, manifest)
         mark_complete(out)
         ensure_index(out, index_kind)
+        if remote is not None:
+            publish(out, remote)
     return EmbedResult(out, len(shards), len(done), rows, sum(expected.values()),
-                       time.perf_counter() - t0, executor)  # fmt: skip
+                       time.perf_counter() - t0, executor, remote or str(out))  # fmt: skip

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from components.embed_dataset import model_fingerprint, resolve_model
+from components.embed_dataset import fetch_embeddings, resolve_model
+from tipsv2_core.fingerprint import model_fingerprint
 from tipsv2_core.inference import load_image
 from tipsv2_core.search.index import Hit, VectorIndex
 from tipsv2_core.search.store import EmbeddingsError, open_embeddings
@@ -22,7 +23,7 @@ def query_model(
     index: str | os.PathLike, model: str | None = None, tracking_uri: str | None = None
 ) -> Servable:
     """The model that embedded `index`'s images, checked against the recorded hash."""
-    settings = open_embeddings(index).settings
+    settings = open_embeddings(fetch_embeddings(index)).settings
     path = resolve_model(model or settings.model, tracking_uri)
     if model_fingerprint(path) != settings.fingerprint:
         raise EmbeddingsError(
@@ -48,6 +49,7 @@ def search(
         raise ValueError("give a text query or an image (one of them)")
     if k <= 0:
         raise ValueError(f"-k must be positive, got {k}")
+    index = fetch_embeddings(index)  # an s3:// index: its local mirror
     vectors = VectorIndex(index, cls)
     servable = query_model(index, model, tracking_uri)
     if text is not None:

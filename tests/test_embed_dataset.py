@@ -225,3 +225,38 @@ def test_search_refuses_another_models_weights(embedded, tmp_path, nano):
     other = save_model(randomize_(TIPSModel("nano14"), seed=5), tmp_path / "other")
     r = cli("search", "--index", str(embedded), "--model", str(other), "a star")
     assert r.returncode == 2 and "not the model that embedded" in r.stderr
+
+
+@pytest.mark.slow
+def test_an_s3_output_is_published_whole_and_searched_from_its_mirror(
+    embedded, dataset, export, s3_env, monkeypatch, capsys
+):
+    """`--out s3://…` on the real S3 gateway: the prefix gets the parts, the index and
+    COMPLETE; search reads it through a local mirror with the local run's answers; a
+    rerun skips every shard; a prefix that lost its COMPLETE object is refused."""
+    from components import storage
+    from components.embed_dataset import fetch_embeddings
+    from components.search import search
+    from tipsv2_core.search.store import EmbeddingsError
+
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    uri = "s3://tipsv2/embeddings/synth"
+    embed(export, dataset, uri, workers=0)
+    names = storage.list_files(uri)
+    assert COMPLETE_FILE in names and sum(n.startswith(f"{PARTS_DIR}/") for n in names) == 4
+    a, b = load_embeddings(fetch_embeddings(uri)), load_embeddings(embedded)
+    assert list(a.keys) == list(b.keys)
+    np.testing.assert_array_equal(a.vectors["cls1"], b.vectors["cls1"])
+    want = [h.key for h in search(embedded, text="a star", k=5)]
+    assert [h.key for h in search(uri, text="a star", k=5)] == want
+
+    embed(export, dataset, uri, workers=0)
+    assert COMPLETE_FILE in storage.list_files(uri)
+    assert "4 done before (skipped), 0 to embed" in capsys.readouterr().err
+
+    storage.default_storage().client(uri).delete_object(
+        Bucket="tipsv2", Key=f"embeddings/synth/{COMPLETE_FILE}"
+    )
+    with pytest.raises(EmbeddingsError, match=f"no {COMPLETE_FILE} object"):
+        fetch_embeddings(uri)

@@ -111,6 +111,26 @@ def test_bad_searches_are_4xx_naming_the_problem(url, body, status, words):
     assert r.status_code == status and words in r.json()["error"]
 
 
+def test_search_refuses_a_model_other_than_the_one_that_embedded_the_index(index, tmp_path):
+    """What a live swap leaves: the served model is no longer the index's. Its queries
+    would land in another vector space, so search answers 409 naming both."""
+    import copy
+    import shutil
+
+    from tests.conftest import randomize_
+    from tipsv2_core.models.io import load_model, save_model
+
+    other = randomize_(copy.deepcopy(load_model(index.parent / "native")), seed=1)
+    ckpt = save_model(other, tmp_path / "other")
+    shutil.copy(index.parent / "native" / "tokenizer.model", ckpt / "tokenizer.model")
+    with running_server(str(ckpt), tmp_path / "server.log", "--index", str(index),
+                        "--image-size", str(SIZE), "--threads", "1") as u:  # fmt: skip
+        r = requests.post(u + "/api/search", json={"text": "a red star"}, timeout=60)
+        assert r.status_code == 409, r.text
+        assert "not the model that embedded the index" in r.json()["error"]
+        assert requests.get(u + "/v2/health/ready", timeout=30).status_code == 200
+
+
 def test_only_indexed_keys_are_served(url):
     for key in ("nope", "..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd"):
         r = requests.get(f"{url}/api/images/{key}", timeout=30)

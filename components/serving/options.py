@@ -49,6 +49,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--index",
         default=None,
-        help="an embeddings directory (tipsv2 embed dataset) to search from the web page "
-        "(GET /) and POST /api/search",
+        help="an embeddings directory or s3:// prefix (tipsv2 embed dataset) to search "
+        "from the web page (GET /) and POST /api/search",
     )

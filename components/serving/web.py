@@ -46,10 +46,12 @@ class SearchIndex:
 
     @classmethod
     def open(cls, path: str) -> SearchIndex:
+        """`path`: an embeddings directory or an s3:// prefix (read from its mirror)."""
+        from components.embed_dataset import fetch_embeddings
         from tipsv2_core.search.images import ShardImages
         from tipsv2_core.search.index import VectorIndex
 
-        index = VectorIndex(path, "cls1")
+        index = VectorIndex(fetch_embeddings(path), "cls1")
         return cls(index, ShardImages(index.manifest.settings.dataset))
 
     def describe(self) -> dict[str, Any]:
@@ -111,10 +113,16 @@ class WebRoutes:
             if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
                 raise ProtocolError(f"'k' must be an integer from 1 to {MAX_K}, got {k!r}"[:200])
             _, servable = server._servable("text-embedding", None)
-            if servable.text_dim != index.index.dim:
+            embedded_by = index.index.manifest.settings
+            if servable.fingerprint != embedded_by.fingerprint:
+                # After a live swap the new champion embeds queries in a space of its
+                # own: matched against the old model's image vectors they would return
+                # answers that look right and are not.
                 raise ProtocolError(
-                    f"the served model embeds texts in {servable.text_dim} dims but the index "
-                    f"holds {index.index.dim}-dim images (embedded by {index.describe()['model']})",
+                    f"the served model (version {servable.version}) is not the model that "
+                    f"embedded the index ({embedded_by.model}): its weights differ from the "
+                    "index's fingerprint; embed the dataset again with `tipsv2 embed "
+                    "dataset --model …` and restart the server with the new --index",
                     409,
                 )
             req = InferRequest(None, {"text": Tensor("text", BYTES, (1,), [text], {})}, None, {})

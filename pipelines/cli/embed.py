@@ -60,7 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoint directory",
     )
     ds.add_argument("--data", required=True, help="dataset directory (tipsv2 data synth/curate)")
-    ds.add_argument("--out", required=True, help="embeddings directory")
+    ds.add_argument(
+        "--out",
+        required=True,
+        help="embeddings directory, or an s3:// prefix (made in a local staging folder, "
+        "then published with its COMPLETE object last)",
+    )
     ds.add_argument("--split", default=None, help="only this split (default: every sample)")
     ds.add_argument(
         "--caption",
@@ -172,7 +177,7 @@ def run_dataset(args: argparse.Namespace) -> int:
     )  # fmt: skip
     rate = r.rows / r.seconds if r.seconds else 0.0
     print(
-        f"wrote {r.out}: {r.total_rows} images in {r.shards} parts ({r.skipped} done before, "
+        f"wrote {r.uri}: {r.total_rows} images in {r.shards} parts ({r.skipped} done before, "
         f"{r.rows} embedded now on {r.executor}, {rate:.1f} img/s, {r.seconds:.1f} s) "
         "and its index"
     )

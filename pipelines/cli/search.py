@@ -17,7 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("query", nargs="?", default=None, help="the text to search for")
-    p.add_argument("--index", required=True, help="embeddings directory (tipsv2 embed dataset)")
+    p.add_argument(
+        "--index",
+        required=True,
+        help="embeddings directory or s3:// prefix (tipsv2 embed dataset)",
+    )
     p.add_argument("--image", default=None, help="search by this image instead of a text")
     p.add_argument("-k", "--top", type=int, default=5, help="results (default 5)")
     p.add_argument(

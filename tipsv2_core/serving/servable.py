@@ -29,7 +29,9 @@ TOKENIZER_FILE = "tokenizer.model"
 @dataclass
 class Servable:
     """model: a TIPSModel or its ONNX Runtime stand-in (same interface); version: the
-    registry version ("local" for a path); precision: fp32 / int8 (ONNX) or torch."""
+    registry version ("local" for a path); precision: fp32 / int8 (ONNX) or torch;
+    fingerprint: the weights' hash (tipsv2_core.fingerprint), what an index of images
+    embedded by this model records."""
 
     model: Any
     tokenizer: Tokenizer | None
@@ -37,6 +39,7 @@ class Servable:
     source: str
     precision: str
     meta: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
 
     @property
     def embed_dim(self) -> int:
@@ -110,6 +113,7 @@ def load_servable(
     export's own `tokenizer.model` (or the one beside a checkpoint).
     """
     from tipsv2_core.export.runtime import export_root, load_onnx_model, read_meta
+    from tipsv2_core.fingerprint import model_fingerprint
     from tipsv2_core.models.io import is_native, load_model
 
     path = Path(path)
@@ -142,7 +146,8 @@ def load_servable(
             f"{tok.path}: {tok.vocab_size} pieces, more than the model's vocabulary of "
             f"{model.text.cfg.vocab_size}"
         )
-    return Servable(model, tok, str(version), source, precision, meta)
+    fingerprint = model_fingerprint(path)
+    return Servable(model, tok, str(version), source, precision, meta, fingerprint)
 
 
 def warm_up(servable: Servable, image_size: int) -> None:
