@@ -1,7 +1,8 @@
 # Set-up and everyday commands. Every target creates .venv and installs the lock first,
 # idempotently (a stamp file records the installed lock).
 #
-#   make test    run the whole test suite (what CI runs)
+#   make test    the test suite but its `long` tests (under 20 minutes on 2 cores)
+#   make test-long  the `long` tests (the whole DAG, multi-node Ray, image builds); CI runs both
 #   make test-fast  the unit tier only (-m unit, about two minutes): the edit loop
 #   make demo    init a small model, train a tokenizer, embed an image and a text
 #   make bench   encoder throughput: ours (fp32, bf16, ONNX) vs the official TIPS forward
@@ -19,7 +20,7 @@ UV_VERSION := 0.13.9
 # or it fetches a multi-GB CUDA torch instead of the CPU wheel.
 FIND_LINKS := $(foreach d,$(PIP_FIND_LINKS),--find-links $(d))
 
-.PHONY: install test test-fast lint format lock bench demo run image clean
+.PHONY: install test test-long test-fast lint format lock bench demo run image clean
 
 install: $(STAMP)
 
@@ -34,7 +35,10 @@ $(STAMP): $(LOCK) pyproject.toml | $(BIN)/python
 	@touch $@
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not long"
+
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -m long
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m unit -q

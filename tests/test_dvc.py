@@ -382,6 +382,7 @@ def test_curate_into_the_gateway_validate_push_and_pull(
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.long
 def test_whole_pipeline_as_an_experiment_compared_by_exp_show(project, env, tmp_path):
     """train -> distill -> eval -> export through `dvc exp run` at smoke size: the models
     carry the DVC data version, the metrics reach `dvc exp show`, nothing re-runs when

@@ -677,6 +677,7 @@ def assert_one_tree_per_pipeline_run(client: Any, exp: Any, parent: Any, s: dict
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.long
 def test_tipsv2_run_smoke_end_to_end_then_from_the_cache(e2e_home):
     from mlflow import MlflowClient
 

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from tipsv2_core.data.synth_dataset import write_synthetic_dataset
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.long]
 TIPSV2 = str(Path(sys.executable).with_name("tipsv2"))
 RAY = str(Path(sys.executable).with_name("ray"))
 STEPS, EVERY = 40, 5

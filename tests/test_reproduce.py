@@ -96,6 +96,7 @@ def _reproduce(*args: str, home: Path, tracking: str) -> subprocess.CompletedPro
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.long
 def test_reproduce_from_the_registry_alone_gives_identical_weights(registered):
     shutil.rmtree(registered["home"])  # data, run and export: only MLflow is left
     fresh = registered["root"] / "home-b"

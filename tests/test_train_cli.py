@@ -55,6 +55,7 @@ def dead_tracking_uri() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
+@pytest.mark.long
 def test_synth_train_embed_distill(tmp_path):
     data = tmp_path / "synth"
     run("data", "synth", "--num-images", "64", "--image-size", "112", "--out", f"file://{data}")
@@ -86,6 +87,27 @@ def test_synth_train_embed_distill(tmp_path):
     assert run(*distill, *sets(data__num_local=0, stages__0__steps=6))["steps"] == 6
     last = run(*distill, *sets(data__num_local=0, stages__0__steps=10))
     assert last["resumed_from"] == 6 and last["steps"] == 10  # extended from its final step
+
+
+@pytest.mark.parametrize("path", ["ray", "no-ray"])
+def test_a_diverged_training_is_one_line_and_exit_1(tmp_path, path):
+    """A loss that turns NaN ends the run at once with the term and the step: exit 1,
+    no traceback, no checkpoint, and on Ray no restart (a retry would diverge again)."""
+    data = tmp_path / "synth"
+    run("data", "synth", "--num-images", "32", "--image-size", "56", "--out", f"file://{data}")
+    out = tmp_path / "run"
+    # τ = 1e-45 (valid, > 0) overflows the CLIP logits: the loss is NaN at the first step.
+    cmd = [TIPSV2, "train", "--recipe", "demo", "--data", str(data), "--out", str(out)]
+    cmd += ["--quiet", "--no-track", *sets(model__init_temperature="1e-45")]
+    cmd += ["--no-ray"] if path == "no-ray" else []
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    line = "tipsv2 train: failed: clip_cls1_loss is nan at step 1; training stopped"
+    assert line in res.stderr, res.stderr[-3000:]
+    assert not list(out.glob("step_*")) and not (out / "final").exists()
+    if path == "ray":
+        assert len((out / "attempts.jsonl").read_text().splitlines()) == 1
 
 
 def test_training_is_tracked_in_mlflow_with_lineage(tmp_path):
