@@ -94,7 +94,7 @@ def test_a_diverged_training_is_one_line_and_exit_1(tmp_path, path):
     """A loss that turns NaN ends the run at once with the term and the step: exit 1,
     no traceback, no checkpoint, and on Ray no restart (a retry would diverge again)."""
     data = tmp_path / "synth"
-    run("data", "synth", "--num-images", "32", "--image-size", "56", "--out", f"file://{data}")
+    run("data", "synth", "--num-images", "32", "--image-size", "112", "--out", f"file://{data}")
     out = tmp_path / "run"
     # τ = 1e-45 (valid, > 0) overflows the CLIP logits: the loss is NaN at the first step.
     cmd = [TIPSV2, "train", "--recipe", "demo", "--data", str(data), "--out", str(out)]
