@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlparse
 
 from tipsv2_core.errors import UserError
@@ -154,6 +154,15 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class FileStat(NamedTuple):
+    """One file below a listed directory / prefix: its relative posix name, size in bytes
+    and modification time (epoch seconds)."""
+
+    name: str
+    size: int
+    modified: float
 
 
 class Storage:
@@ -500,6 +509,35 @@ class Storage:
                     if name and not name.endswith("/"):  # skip "folder" marker objects
                         names.append(name)
             return sorted(names)
+
+        return self._retry(loc, "list", collect)
+
+    def stat_files(self, uri: str | os.PathLike[str]) -> list[FileStat]:
+        """`list_files` with each file's size and modification time (epoch seconds)."""
+        loc = parse(uri)
+        if loc.path is not None:
+            root = loc.path
+            if not root.is_dir():
+                return []
+            stats = []
+            for p in _walk_files(root):
+                st = p.stat()
+                stats.append(FileStat(p.relative_to(root).as_posix(), st.st_size, st.st_mtime))
+            return sorted(stats)
+        client = self.client(loc.uri)
+        prefix = f"{loc.key}/" if loc.key else ""
+
+        def collect() -> list[FileStat]:
+            stats = []
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=loc.bucket, Prefix=prefix
+            ):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"][len(prefix) :]
+                    if name and not name.endswith("/"):
+                        modified = obj["LastModified"].timestamp()
+                        stats.append(FileStat(name, int(obj["Size"]), modified))
+            return sorted(stats)
 
         return self._retry(loc, "list", collect)
 

@@ -64,6 +64,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument("uri", help="dataset directory: a path or file:// URI")
     info.add_argument("--json", action="store_true", help="print the whole dataset card")
     info.set_defaults(handler=run_info)
+    sweep = ops.add_parser(
+        "sweep",
+        help="list (or --delete) what killed writes left: datasets and embeddings without COMPLETE",
+        description=(
+            "Find every dataset (shards/, manifest.parquet, dataset_card.json) and embeddings "
+            "directory (parts/, embeddings.json) below a bucket, prefix or folder that has no "
+            "COMPLETE marker and whose newest file is older than --min-age: what a write "
+            "killed outright left (on S3 it stays until the next write to that prefix). "
+            "Lists them; --delete removes them."
+        ),
+    )
+    sweep.add_argument("uri", help="s3://bucket[/prefix], a folder, or a file:// URI")
+    sweep.add_argument(
+        "--min-age",
+        type=_duration,
+        default=3600.0,
+        help="leave roots whose newest file is younger than this alone: a write may be "
+        "in progress (default 1h; e.g. 30m, 2h, 0s)",
+    )
+    sweep.add_argument("--delete", action="store_true", help="remove what is found")
+    sweep.set_defaults(handler=run_sweep)
     register_gate(ops)
     register_curate(ops)
 
@@ -86,6 +107,36 @@ def run_synth(args: argparse.Namespace) -> int:
     info = open_dataset(path)
     counts = ", ".join(f"{k} {v}" for k, v in info.counts.items())
     print(f"wrote {path}: {len(info)} samples ({counts}), {len(info.shards())} shards")
+    return 0
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except (ValueError, KeyError):
+        msg = f"expected a duration like 30m, 2h or 0s, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a duration is not negative, got {text!r}")
+    return value
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from components.settings import configure
+    from components.sweep import sweep
+
+    configure()  # the stack's S3 variables, unless the environment already names a store
+    found = sweep(args.uri, min_age_s=args.min_age, delete=args.delete)
+    if not found:
+        print(f"{args.uri}: nothing to sweep (every dataset and embeddings root is complete)")
+        return 0
+    for f in found:
+        age = f"{f.age_s / 60:.0f} min"
+        print(f"{f.uri}  {f.objects} files, {f.bytes / 1e6:.1f} MB, newest {age} ago")
+    objects, size = sum(f.objects for f in found), sum(f.bytes for f in found) / 1e6
+    verb = "removed" if args.delete else "would remove (--delete to do it)"
+    print(f"{verb}: {len(found)} incomplete roots, {objects} files, {size:.1f} MB")
     return 0
 
 
