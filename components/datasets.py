@@ -117,9 +117,8 @@ def publish(local: str | os.PathLike[str], out: str) -> None:
         where = storage.parse(marker)
         store.client(out).delete_object(Bucket=where.bucket, Key=where.key)
     store.delete_directory(out)
-    (root / COMPLETE_FILE).unlink(missing_ok=True)
     try:
-        store.put_directory(root, out)
+        store.put_directory(root, out, skip=(COMPLETE_FILE,))  # the local copy keeps its own
     except BaseException:
         with contextlib.suppress(Exception):
             store.delete_directory(out)

@@ -35,7 +35,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -542,14 +542,19 @@ class Storage:
         return self._retry(loc, "list", collect)
 
     def put_directory(
-        self, local_dir: str | os.PathLike[str], uri: str | os.PathLike[str]
+        self,
+        local_dir: str | os.PathLike[str],
+        uri: str | os.PathLike[str],
+        skip: Collection[str] = (),
     ) -> list[str]:
-        """Copies every file below `local_dir` to the directory `uri`; returns the relative
-        names written. Existing objects with other names are left alone."""
+        """Copies every file below `local_dir` to the directory `uri`, but the relative
+        names in `skip`; returns the relative names written. Existing objects with other
+        names are left alone."""
         src = Path(local_dir)
         if not src.is_dir():
             raise NotFound(str(src), "no such local directory to upload")
         names = sorted(p.relative_to(src).as_posix() for p in _walk_files(src))
+        names = [name for name in names if name not in skip]
         loc = parse(uri)
         if loc.path is not None:
             root = loc.path

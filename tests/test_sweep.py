@@ -21,7 +21,7 @@ def dataset(tmp_path_factory) -> Path:
     from tipsv2_core.data.synth_dataset import write_synthetic_dataset
 
     out = tmp_path_factory.mktemp("sweep") / "synth"
-    return write_synthetic_dataset(out, 12, image_size=56, shard_size=6, progress=False)
+    return write_synthetic_dataset(out, 12, image_size=112, shard_size=6, progress=False)
 
 
 def _killed_copy(src: Path, dst: Path) -> Path:
@@ -41,6 +41,7 @@ def test_sweep_finds_and_removes_only_what_killed_writes_left(
     for key, value in s3_env.items():
         monkeypatch.setenv(key, value)
     publish(dataset, f"{ROOT}/good")
+    assert (dataset / COMPLETE_FILE).is_file()  # the local copy stays complete
     storage.put_directory(_killed_copy(dataset, tmp_path / "killed"), f"{ROOT}/killed")
     emb = tmp_path / "emb"
     (emb / "parts").mkdir(parents=True)
