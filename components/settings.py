@@ -53,8 +53,10 @@ S3_KEYS = (
     "MLFLOW_S3_ENDPOINT_URL",
     "TIPSV2_STORAGE_ROOT",
 )
-MLFLOW_KEYS = ("MLFLOW_TRACKING_URI",)
-SECRET_KEYS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+# With `stack up --auth` the env file also holds the server's Basic credentials, which
+# MLflow's client sends when they are in the environment.
+MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+SECRET_KEYS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"})
 
 HEALTH_TIMEOUT_S = 1.0
 

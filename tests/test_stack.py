@@ -399,9 +399,13 @@ def test_auth_refuses_uploads_without_the_generated_credentials(tmp_path, monkey
         s3 = Storage(environ=env)
         assert s3.list_files("s3://mlflow/artifacts/intruder") == []  # nothing landed
 
-        # The client with the env file's credentials works as without auth.
+        # `configure()`, which every command calls, loads the credentials with the URI;
+        # MLflow's client then works as without auth.
+        loaded: dict[str, str] = {}
+        assert configure(home, environ=loaded).tracking == "stack"
+        assert loaded["MLFLOW_TRACKING_PASSWORD"] == password
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            monkeypatch.setenv(key, env[key])
+            monkeypatch.setenv(key, loaded[key])
         client = client_for(uri)
         run = client.create_run(client.create_experiment("auth-test"))
         client.log_text(run.info.run_id, "hello", "note.txt")
