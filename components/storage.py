@@ -490,30 +490,12 @@ class Storage:
     def list_files(self, uri: str | os.PathLike[str]) -> list[str]:
         """Every file below a directory / prefix, recursively, as sorted posix paths relative
         to it. A missing directory or prefix lists as empty; a missing bucket is NotFound."""
-        loc = parse(uri)
-        if loc.path is not None:
-            root = loc.path
-            if not root.is_dir():
-                return []
-            return sorted(p.relative_to(root).as_posix() for p in _walk_files(root))
-        client = self.client(loc.uri)
-        prefix = f"{loc.key}/" if loc.key else ""
-
-        def collect() -> list[str]:
-            names = []
-            for page in client.get_paginator("list_objects_v2").paginate(
-                Bucket=loc.bucket, Prefix=prefix
-            ):
-                for obj in page.get("Contents", []):
-                    name = obj["Key"][len(prefix) :]
-                    if name and not name.endswith("/"):  # skip "folder" marker objects
-                        names.append(name)
-            return sorted(names)
-
-        return self._retry(loc, "list", collect)
+        return [f.name for f in self.stat_files(uri)]
 
     def stat_files(self, uri: str | os.PathLike[str]) -> list[FileStat]:
-        """`list_files` with each file's size and modification time (epoch seconds)."""
+        """Every file below a directory / prefix, recursively, sorted by relative posix
+        name, with its size and modification time (epoch seconds). A missing directory or
+        prefix lists as empty; a missing bucket is NotFound."""
         loc = parse(uri)
         if loc.path is not None:
             root = loc.path
@@ -534,7 +516,7 @@ class Storage:
             ):
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(prefix) :]
-                    if name and not name.endswith("/"):
+                    if name and not name.endswith("/"):  # skip "folder" marker objects
                         modified = obj["LastModified"].timestamp()
                         stats.append(FileStat(name, int(obj["Size"]), modified))
             return sorted(stats)
