@@ -94,12 +94,14 @@ def _cache_dir(uri: str, use: str) -> Path:
     return tipsv2_home() / "cache" / "embeddings" / use / key
 
 
-def _remote_complete(uri: str) -> bool:
-    from components import storage
+def _remote_root(uri: str) -> str | None:
+    """Where the embeddings published at the s3:// prefix `uri` are read from (the
+    version its COMPLETE names), or None while it has none (components.s3_publish)."""
+    from components.s3_publish import current_root
     from components.settings import configure
 
     configure()  # the stack's S3 variables, unless the environment already names a store
-    return storage.exists(f"{uri.rstrip('/')}/{COMPLETE_FILE}")
+    return current_root(uri)
 
 
 def fetch_embeddings(index: str | os.PathLike) -> Path:
@@ -112,20 +114,21 @@ def fetch_embeddings(index: str | os.PathLike) -> Path:
     text = os.fspath(index)
     if not is_remote(text):
         return Path(strip_file_scheme(text))
-    if not _remote_complete(text):
+    root = _remote_root(text)
+    if root is None:
         raise EmbeddingsError(
             f"{text}: incomplete or missing embeddings (no {COMPLETE_FILE} object); a write "
             "that did not finish leaves one; `tipsv2 embed dataset --out` it again"
         )
     mirror = _cache_dir(text, "mirror")
-    remote = storage.read_bytes(f"{text.rstrip('/')}/{MANIFEST_FILE}")
+    remote = storage.read_bytes(f"{root}/{MANIFEST_FILE}")
     with contextlib.suppress(OSError):
         if (mirror / COMPLETE_FILE).is_file() and (mirror / MANIFEST_FILE).read_bytes() == remote:
             return mirror
     tmp = mirror.with_name(f".{mirror.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        storage.get_directory(text, tmp)
+        storage.get_directory(root, tmp)
         shutil.rmtree(mirror, ignore_errors=True)
         tmp.rename(mirror)
     finally:
@@ -265,8 +268,9 @@ def embed_dataset(
 
     An s3:// `out` is made in a staging folder under $TIPSV2_HOME/cache (started from
     the prefix's complete contents, if any, so that resume and refusals work as for a
-    folder) and then published with COMPLETE last (components.datasets.publish): no
-    reader takes a half-written prefix for embeddings.
+    folder) and then published as a new version of the prefix, COMPLETE switching
+    readers over last (components.s3_publish): readers see the previous embeddings,
+    whole, until the new ones are, and a failed upload leaves the previous ones in place.
     """
     t0 = time.perf_counter()
     if caption is not None and caption not in CAPTION_FIELDS:
@@ -299,8 +303,8 @@ def embed_dataset(
     remote = os.fspath(out) if is_remote(os.fspath(out)) else None
     if remote is not None:
         out = _cache_dir(remote, "staging")
-        if not out.exists() and _remote_complete(remote):
-            storage.get_directory(remote, out)
+        if not out.exists() and (published := _remote_root(remote)) is not None:
+            storage.get_directory(published, out)
     out = Path(strip_file_scheme(os.fspath(out)))
     with run_lock(out, what="embedding"):
         _prepare_out(out, settings, force)

@@ -231,19 +231,30 @@ def test_search_refuses_another_models_weights(embedded, tmp_path, nano):
 def test_an_s3_output_is_published_whole_and_searched_from_its_mirror(
     embedded, dataset, export, s3_env, monkeypatch, capsys
 ):
-    """`--out s3://…` on the real S3 gateway: the prefix gets the parts, the index and
-    COMPLETE; search reads it through a local mirror with the local run's answers; a
-    rerun skips every shard; a prefix that lost its COMPLETE object is refused."""
+    """`--out s3://…` on the real S3 gateway: the prefix gets a version with the parts,
+    the index and COMPLETE, and COMPLETE naming it; search reads it through a local
+    mirror with the local run's answers; a rerun skips every shard and replaces the
+    version, leaving no other; a prefix that lost its COMPLETE object is refused."""
     from components import storage
     from components.embed_dataset import fetch_embeddings
+    from components.s3_publish import current_root
     from components.search import search
     from tipsv2_core.search.store import EmbeddingsError
 
     for key, value in s3_env.items():
         monkeypatch.setenv(key, value)
     uri = "s3://tipsv2/embeddings/synth"
+
+    def version_files() -> list[str]:
+        """The files of the current version; nothing else is under the prefix."""
+        version = current_root(uri)[len(uri) + 1 :]
+        names = storage.list_files(uri)
+        assert all(n == COMPLETE_FILE or n.startswith(f"{version}/") for n in names)
+        return [n[len(version) + 1 :] for n in names if n != COMPLETE_FILE]
+
     embed(export, dataset, uri, workers=0)
-    names = storage.list_files(uri)
+    first = current_root(uri)
+    names = version_files()
     parts = sum(n.startswith(f"{PARTS_DIR}/") for n in names)
     assert COMPLETE_FILE in names and parts == len(open_dataset(dataset).shards())
     a, b = load_embeddings(fetch_embeddings(uri)), load_embeddings(embedded)
@@ -253,7 +264,7 @@ def test_an_s3_output_is_published_whole_and_searched_from_its_mirror(
     assert [h.key for h in search(uri, text="a star", k=5)] == want
 
     embed(export, dataset, uri, workers=0)
-    assert COMPLETE_FILE in storage.list_files(uri)
+    assert current_root(uri) != first and version_files() == names
     assert f"{parts} done before (skipped), 0 to embed" in capsys.readouterr().err
 
     storage.default_storage().client(uri).delete_object(
