@@ -218,6 +218,40 @@ def test_a_killed_run_leaves_only_whole_parts_and_the_rerun_finishes(export, dat
     assert sorted(emb.keys) == sorted(open_dataset(dataset).manifest.column("key").to_pylist())
 
 
+def test_a_killed_forced_rewrite_leaves_the_previous_embeddings(
+    embedded, export, dataset, tmp_path
+):
+    """`--force` over embeddings made with other settings builds the new ones beside the
+    old and swaps them in when complete: killed half-way, the old ones are still there,
+    whole and searchable; a rerun that finishes replaces them and leaves nothing else."""
+    out = _copy(embedded, tmp_path / "emb")
+    before = load_embeddings(out)
+    cmd = [TIPSV2, "embed", "dataset", "--model", str(export), "--data", str(dataset),
+           "--out", str(out), "--workers", "0", "--image-size", "448", "--batch-size", "2",
+           "--force", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not [p for w in tmp_path.glob(".emb.tmp-*") for p in visible_parts(w)]:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    after = load_embeddings(out)  # still complete, with the old settings
+    assert after.keys == before.keys and read_manifest(out).settings.image_size == SIZE
+    np.testing.assert_array_equal(after.vectors["cls1"], before.vectors["cls1"])
+    r = cli("search", "--index", str(out), "a star", "--json")
+    assert r.returncode == 0, r.stderr
+
+    r = cli("embed", "dataset", "--model", str(export), "--data", str(dataset), "--out",
+            str(out), "--workers", "0", "--image-size", "56", "--force")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert read_manifest(out).settings.image_size == 56 and load_embeddings(out).keys
+    # Nothing of either run beside it: the killed one's sibling is swept, the old copy gone.
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".emb.tmp", ".emb.old"))] == []
+
+
 def test_search_refuses_another_models_weights(embedded, tmp_path, nano):
     from tests.conftest import randomize_
     from tipsv2_core.models.tips import TIPSModel
