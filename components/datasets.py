@@ -3,8 +3,10 @@
 Validation and tokenizer training need the small tables of a dataset, never its shards:
 for a local path or `file://` URI they are read in place; for `s3://bucket/prefix` only
 `manifest.parquet`, `dataset_card.json` and `rejected.parquet` (when present) are
-downloaded, into a temporary folder that is removed afterwards. Either way the dataset
-must carry its COMPLETE marker: a dataset that is still being written is never read.
+downloaded, from the version the prefix's COMPLETE names (components.s3_publish), into a
+temporary folder that is removed afterwards. Either way the dataset must carry its
+COMPLETE marker: a dataset that is still being written is never read. `publish` (from
+components.s3_publish) is how every writer puts a dataset on S3.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components import storage
+from components.s3_publish import current_root, publish
 from tipsv2_core.atomic import COMPLETE_FILE
 from tipsv2_core.data.layout import (
     CARD_FILE,
@@ -25,7 +28,14 @@ from tipsv2_core.data.layout import (
     local_path,
 )
 
-__all__ = ["dataset_input", "dataset_name", "is_remote", "metadata_dir", "publish"]
+__all__ = [
+    "dataset_input",
+    "dataset_metadata",
+    "dataset_name",
+    "is_remote",
+    "metadata_dir",
+    "publish",
+]
 
 
 def is_remote(uri: str | os.PathLike[str]) -> bool:
@@ -45,6 +55,19 @@ def metadata_dir(uri: str | os.PathLike[str]) -> Iterator[Path]:
     manifest or card. For S3 the stack's (or the environment's) credentials are used:
     `components.settings.configure()` loads them when the local stack runs.
     """
+    with dataset_metadata(uri) as (root, _):
+        yield root
+
+
+# How often a reader starts over when the version it was reading was replaced under it.
+READ_ATTEMPTS = 3
+
+
+@contextlib.contextmanager
+def dataset_metadata(uri: str | os.PathLike[str]) -> Iterator[tuple[Path, str]]:
+    """`metadata_dir`, and where the dataset's files are read from: `uri` itself for a
+    local dataset, the published version `COMPLETE` names for an s3:// prefix
+    (components.s3_publish), so that shards read later come from the same version."""
     text = os.fspath(uri)
     if not is_remote(text):
         root = local_path(text)
@@ -54,29 +77,44 @@ def metadata_dir(uri: str | os.PathLike[str]) -> Iterator[Path]:
             raise DatasetError(
                 f"{root}: incomplete dataset (no {COMPLETE_FILE} marker); it is never read"
             )
-        yield root
+        yield root, text
         return
 
     from components.settings import configure
 
     configure()  # the stack's S3 variables, unless the environment already names a store
-    if not storage.exists(_child(text, COMPLETE_FILE)):
-        raise DatasetError(
-            f"{text}: incomplete or missing dataset (no {COMPLETE_FILE} object); it is never "
-            "read (a write that did not finish leaves one; writing the dataset again "
-            "replaces it)"
-        )
     with tempfile.TemporaryDirectory(prefix="tipsv2-meta-") as tmp:
-        root = Path(tmp)
-        for name in (MANIFEST_FILE, CARD_FILE):
-            try:
-                storage.download_file(_child(text, name), root / name)
-            except FileNotFoundError:
-                raise DatasetError(f"{_child(text, name)}: missing") from None
-        if storage.exists(_child(text, REJECTED_FILE)):
-            storage.download_file(_child(text, REJECTED_FILE), root / REJECTED_FILE)
-        (root / COMPLETE_FILE).write_text("")
-        yield root
+        folder = Path(tmp)
+        source = _download_metadata(text, folder)
+        (folder / COMPLETE_FILE).write_text("")
+        yield folder, source
+
+
+def _download_metadata(uri: str, folder: Path) -> str:
+    """Downloads the metadata of the dataset published at `uri` into `folder`; returns
+    the version read. A rewrite that commits (and removes the old version) while this
+    reads makes it start over on the new version, so a reader never mixes two."""
+    attempt = 0
+    while True:
+        attempt += 1
+        root = current_root(uri)
+        if root is None:
+            raise DatasetError(
+                f"{uri}: incomplete or missing dataset (no {COMPLETE_FILE} object); it is "
+                "never read (a write that did not finish leaves one; writing the dataset "
+                "again replaces it)"
+            )
+        try:
+            for name in (MANIFEST_FILE, CARD_FILE):
+                storage.download_file(_child(root, name), folder / name)
+            if storage.exists(_child(root, REJECTED_FILE)):
+                storage.download_file(_child(root, REJECTED_FILE), folder / REJECTED_FILE)
+            return root
+        except FileNotFoundError as e:
+            if attempt < READ_ATTEMPTS and current_root(uri) != root:
+                continue  # replaced while we read: read the new version
+            missing = getattr(e, "uri", None) or _child(root, MANIFEST_FILE)
+            raise DatasetError(f"{missing}: missing") from None
 
 
 def dataset_name(uri: str | os.PathLike[str]) -> str:
@@ -96,31 +134,3 @@ def dataset_input(uri: str, version: str, context: str) -> dict[str, str]:
     version (DVC md5 or manifest hash) as the digest, its URI as the source; context:
     "training" or "evaluation"."""
     return {"name": dataset_name(uri), "digest": version, "source": str(uri), "context": context}
-
-
-def publish(local: str | os.PathLike[str], out: str) -> None:
-    """Uploads the committed local dataset `local` to the s3:// prefix `out`, so that no
-    reader ever takes a partial dataset for a complete one, and none stays behind.
-
-    S3 has no rename, so the COMPLETE object is the commit: it is removed first (the old
-    dataset stops counting), then everything else under the prefix goes (the old
-    dataset's files, or what a killed write left there: swept here, by the next write),
-    the new files go up, and COMPLETE is written last. A write that fails or is
-    interrupted (Ctrl-C) removes what it uploaded; only a process killed outright
-    leaves a prefix without COMPLETE, which readers refuse (`metadata_dir`) until the
-    next write to it sweeps it.
-    """
-    root = Path(local)
-    store = storage.default_storage()
-    marker = _child(out, COMPLETE_FILE)
-    if store.exists(marker):  # first and alone: from here on no reader takes the prefix
-        where = storage.parse(marker)
-        store.client(out).delete_object(Bucket=where.bucket, Key=where.key)
-    store.delete_directory(out)
-    try:
-        store.put_directory(root, out, skip=(COMPLETE_FILE,))  # the local copy keeps its own
-    except BaseException:
-        with contextlib.suppress(Exception):
-            store.delete_directory(out)
-        raise
-    store.write_bytes(marker, b"")

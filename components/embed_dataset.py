@@ -34,7 +34,12 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from tipsv2_core.atomic import COMPLETE_FILE, OutputExistsError
+from tipsv2_core.atomic import (
+    COMPLETE_FILE,
+    OutputExistsError,
+    commit_directory,
+    temporary_sibling,
+)
 from tipsv2_core.data.shards import open_dataset
 from tipsv2_core.fingerprint import model_fingerprint
 from tipsv2_core.runlock import run_lock
@@ -42,7 +47,6 @@ from tipsv2_core.search.embed_shard import embed_shard
 from tipsv2_core.search.index import ensure_index
 from tipsv2_core.search.store import (
     CAPTION_FIELDS,
-    INDEX_DIR,
     MANIFEST_FILE,
     PARTS_DIR,
     EmbeddingsError,
@@ -94,12 +98,14 @@ def _cache_dir(uri: str, use: str) -> Path:
     return tipsv2_home() / "cache" / "embeddings" / use / key
 
 
-def _remote_complete(uri: str) -> bool:
-    from components import storage
+def _remote_root(uri: str) -> str | None:
+    """Where the embeddings published at the s3:// prefix `uri` are read from (the
+    version its COMPLETE names), or None while it has none (components.s3_publish)."""
+    from components.s3_publish import current_root
     from components.settings import configure
 
     configure()  # the stack's S3 variables, unless the environment already names a store
-    return storage.exists(f"{uri.rstrip('/')}/{COMPLETE_FILE}")
+    return current_root(uri)
 
 
 def fetch_embeddings(index: str | os.PathLike) -> Path:
@@ -112,20 +118,21 @@ def fetch_embeddings(index: str | os.PathLike) -> Path:
     text = os.fspath(index)
     if not is_remote(text):
         return Path(strip_file_scheme(text))
-    if not _remote_complete(text):
+    root = _remote_root(text)
+    if root is None:
         raise EmbeddingsError(
             f"{text}: incomplete or missing embeddings (no {COMPLETE_FILE} object); a write "
             "that did not finish leaves one; `tipsv2 embed dataset --out` it again"
         )
     mirror = _cache_dir(text, "mirror")
-    remote = storage.read_bytes(f"{text.rstrip('/')}/{MANIFEST_FILE}")
+    remote = storage.read_bytes(f"{root}/{MANIFEST_FILE}")
     with contextlib.suppress(OSError):
         if (mirror / COMPLETE_FILE).is_file() and (mirror / MANIFEST_FILE).read_bytes() == remote:
             return mirror
     tmp = mirror.with_name(f".{mirror.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        storage.get_directory(text, tmp)
+        storage.get_directory(root, tmp)
         shutil.rmtree(mirror, ignore_errors=True)
         tmp.rename(mirror)
     finally:
@@ -170,11 +177,14 @@ def _differences(old: EmbedSettings, new: EmbedSettings) -> list[str]:
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k != "dataset" and a[k] != b[k]]
 
 
-def _prepare_out(out: Path, settings: EmbedSettings, force: bool) -> None:
+def _prepare_out(out: Path, settings: EmbedSettings, force: bool) -> bool:
     """Refuses to mix settings or to overwrite someone else's files; removes what dead
-    runs left (temporary parts)."""
+    runs left (temporary parts). True when `out` is to be replaced as a whole (`force`
+    over other settings, or over files that are not embeddings): the new embeddings are
+    then made beside it and swapped in once complete (`_built_in`)."""
     manifest = read_manifest(out) if out.is_dir() else None
-    if manifest is None and out.is_dir() and any(out.iterdir()) and not force:
+    used = out.is_dir() and any(out.iterdir())
+    if manifest is None and used and not force:
         raise OutputExistsError(
             f"{out}: not empty and not an embeddings directory (no {MANIFEST_FILE}); "
             "choose another --out, or --force to replace it"
@@ -185,17 +195,31 @@ def _prepare_out(out: Path, settings: EmbedSettings, force: bool) -> None:
             f"{out}: made with other settings ({changed}); a resume would mix them: "
             "use another --out, or --force to start over"
         )
-    if force and (manifest is None or manifest.settings.digest != settings.digest):
-        for name in (PARTS_DIR, INDEX_DIR):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in (MANIFEST_FILE, COMPLETE_FILE):
-            with contextlib.suppress(FileNotFoundError):
-                (out / name).unlink()
-        if manifest is None and out.is_dir():
-            shutil.rmtree(out)
+    if force and used and (manifest is None or manifest.settings.digest != settings.digest):
+        return True
     (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
     for leftover in (out / PARTS_DIR).glob(".*.tmp-*"):  # a dead run's (we hold the lock)
         leftover.unlink()
+    return False
+
+
+@contextlib.contextmanager
+def _built_in(out: Path, replace: bool) -> Iterator[Path]:
+    """The folder to make the embeddings in: `out` itself (a new or resumed run), or, to
+    replace `out`, a hidden sibling renamed over it when the block succeeds and removed
+    when it fails, so that a failed `--force` run leaves the previous embeddings as they
+    were (tipsv2_core.atomic)."""
+    if not replace:
+        yield out
+        return
+    work = temporary_sibling(out)
+    try:
+        (work / PARTS_DIR).mkdir()
+        yield work
+        commit_directory(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager
@@ -265,8 +289,9 @@ def embed_dataset(
 
     An s3:// `out` is made in a staging folder under $TIPSV2_HOME/cache (started from
     the prefix's complete contents, if any, so that resume and refusals work as for a
-    folder) and then published with COMPLETE last (components.datasets.publish): no
-    reader takes a half-written prefix for embeddings.
+    folder) and then published as a new version of the prefix, COMPLETE switching
+    readers over last (components.s3_publish): readers see the previous embeddings,
+    whole, until the new ones are, and a failed upload leaves the previous ones in place.
     """
     t0 = time.perf_counter()
     if caption is not None and caption not in CAPTION_FIELDS:
@@ -299,58 +324,60 @@ def embed_dataset(
     remote = os.fspath(out) if is_remote(os.fspath(out)) else None
     if remote is not None:
         out = _cache_dir(remote, "staging")
-        if not out.exists() and _remote_complete(remote):
-            storage.get_directory(remote, out)
+        if not out.exists() and (published := _remote_root(remote)) is not None:
+            storage.get_directory(published, out)
     out = Path(strip_file_scheme(os.fspath(out)))
     with run_lock(out, what="embedding"):
-        _prepare_out(out, settings, force)
-        manifest = read_manifest(out) or Manifest(settings)
-        manifest.settings, manifest.shards, manifest.complete = settings, len(shards), False
-        done: dict[str, int] = {}
-        for shard in shards:
-            meta = part_info(out / PARTS_DIR / part_name(shard))
-            if meta and meta["digest"] == settings.digest and meta["rows"] == expected[shard]:
-                done[part_name(shard)] = expected[shard]
-        manifest.parts = dict(done)
-        write_manifest(out, manifest)
-        todo = [s for s in shards if part_name(s) not in done]
-        executor = "local" if workers == 0 else "ray"
-        print(
-            f"embed: {len(shards)} shards of {data}: {len(done)} done before (skipped), "
-            f"{len(todo)} to embed with {executor}" + (f" ({workers} workers)" if workers else ""),
-            file=sys.stderr, flush=True,
-        )  # fmt: skip
-        rows = 0
-        if todo:
-            kwargs = dict(model_path=str(path), dataset=str(info.path), out=str(out),
-                          digest=settings.digest, image_size=size, batch_size=batch_size,
-                          split=split, caption=caption)  # fmt: skip
-            bar = tqdm(total=sum(expected[s] for s in todo), unit="img", desc="embed",
-                       disable=not progress, file=sys.stderr)  # fmt: skip
-            with contextlib.ExitStack() as stack:
-                if workers == 0:
-                    results = _run_local(todo, kwargs)
-                else:
-                    from components.curate.execute import ray_session
+        replace = _prepare_out(out, settings, force)
+        with _built_in(out, replace) as work:
+            manifest = read_manifest(work) or Manifest(settings)
+            manifest.settings, manifest.shards, manifest.complete = settings, len(shards), False
+            done: dict[str, int] = {}
+            for shard in shards:
+                meta = part_info(work / PARTS_DIR / part_name(shard))
+                if meta and meta["digest"] == settings.digest and meta["rows"] == expected[shard]:
+                    done[part_name(shard)] = expected[shard]
+            manifest.parts = dict(done)
+            write_manifest(work, manifest)
+            todo = [s for s in shards if part_name(s) not in done]
+            executor = "local" if workers == 0 else "ray"
+            print(
+                f"embed: {len(shards)} shards of {data}: {len(done)} done before (skipped), "
+                f"{len(todo)} to embed with {executor}"
+                + (f" ({workers} workers)" if workers else ""),
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+            rows = 0
+            if todo:
+                kwargs = dict(model_path=str(path), dataset=str(info.path), out=str(work),
+                              digest=settings.digest, image_size=size, batch_size=batch_size,
+                              split=split, caption=caption)  # fmt: skip
+                bar = tqdm(total=sum(expected[s] for s in todo), unit="img", desc="embed",
+                           disable=not progress, file=sys.stderr)  # fmt: skip
+                with contextlib.ExitStack() as stack:
+                    if workers == 0:
+                        results = _run_local(todo, kwargs)
+                    else:
+                        from components.curate.execute import ray_session
 
-                    stack.enter_context(ray_session(workers, ray_address))
-                    results = _run_ray(todo, kwargs, workers)
-                for shard, n in results:
-                    if n != expected[shard]:
-                        raise EmbeddingsError(
-                            f"{shard}: embedded {n} rows, expected {expected[shard]}"
-                        )
-                    manifest.parts[part_name(shard)] = n
-                    write_manifest(out, manifest)  # the summary follows the parts as they land
-                    rows += n
-                    bar.update(n)
-            bar.close()
-        first = out / PARTS_DIR / part_name(shards[0])
-        manifest.dim = pq.read_schema(first).field("cls1").type.list_size
-        manifest.complete = True
-        write_manifest(out, manifest)
-        mark_complete(out)
-        ensure_index(out, index_kind)
+                        stack.enter_context(ray_session(workers, ray_address))
+                        results = _run_ray(todo, kwargs, workers)
+                    for shard, n in results:
+                        if n != expected[shard]:
+                            raise EmbeddingsError(
+                                f"{shard}: embedded {n} rows, expected {expected[shard]}"
+                            )
+                        manifest.parts[part_name(shard)] = n
+                        write_manifest(work, manifest)  # the summary follows the parts
+                        rows += n
+                        bar.update(n)
+                bar.close()
+            first = work / PARTS_DIR / part_name(shards[0])
+            manifest.dim = pq.read_schema(first).field("cls1").type.list_size
+            manifest.complete = True
+            write_manifest(work, manifest)
+            mark_complete(work)
+            ensure_index(work, index_kind)
         if remote is not None:
             publish(out, remote)
     return EmbedResult(out, len(shards), len(done), rows, sum(expected.values()),

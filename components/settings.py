@@ -6,7 +6,8 @@ needs storage or tracking calls `configure()` once before its first boto3 / MLfl
 
 - a service of the stack answers its health check -> that service's variables are loaded
   from the env file into `os.environ` (S3: `AWS_*`, `MLFLOW_S3_ENDPOINT_URL`; MLflow:
-  `MLFLOW_TRACKING_URI`);
+  `MLFLOW_TRACKING_URI` and the server's Basic credentials `MLFLOW_TRACKING_USERNAME` /
+  `MLFLOW_TRACKING_PASSWORD`);
 - otherwise the embedded defaults apply (docs/architecture.md, "Embedded defaults"): a
   local directory under `$TIPSV2_HOME/storage` and `sqlite:///$TIPSV2_HOME/mlflow.db`.
 
@@ -53,9 +54,13 @@ S3_KEYS = (
     "MLFLOW_S3_ENDPOINT_URL",
     "TIPSV2_STORAGE_ROOT",
 )
-# With `stack up --auth` the env file also holds the server's Basic credentials, which
-# MLflow's client sends when they are in the environment.
-MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+# The env file also holds the MLflow server's Basic credentials (unless the stack was
+# started with `--no-auth`), which MLflow's client sends when they are in the environment.
+MLFLOW_CREDENTIAL_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", *MLFLOW_CREDENTIAL_KEYS)
+# Credentials a caller set for a tracking server of their own: while any is set, the
+# stack's are never added beside them.
+USER_CREDENTIAL_KEYS = (*MLFLOW_CREDENTIAL_KEYS, "MLFLOW_TRACKING_TOKEN")
 SECRET_KEYS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"})
 
 HEALTH_TIMEOUT_S = 1.0
@@ -137,6 +142,50 @@ class Settings:
     loaded: tuple[str, ...] = field(default=())
 
 
+def _stack_enabled(environ: Mapping[str, str]) -> bool:
+    return environ.get("TIPSV2_STACK", "").lower() not in {"0", "off", "false", "no"}
+
+
+def _same_server(a: str, b: str) -> bool:
+    return a.strip().rstrip("/") == b.strip().rstrip("/")
+
+
+def _stack_credentials(
+    tracking_uri: str, values: Mapping[str, str], environ: MutableMapping[str, str]
+) -> list[str]:
+    """Loads the stack's MLflow credentials from `values` (its env file) into `environ` when
+    `tracking_uri` is the stack's server and `environ` holds no credentials of its own."""
+    uri = values.get("MLFLOW_TRACKING_URI")
+    if not uri or not _same_server(uri, tracking_uri):
+        return []
+    if any(environ.get(k) for k in USER_CREDENTIAL_KEYS):
+        return []
+    return _load(MLFLOW_CREDENTIAL_KEYS, values, environ)
+
+
+def load_stack_credentials(
+    tracking_uri: str, home: Path | None = None, environ: MutableMapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """Puts the local stack's MLflow credentials into `environ` (default `os.environ`) when
+    `tracking_uri` is the stack's server; returns the names loaded (never the values).
+
+    A command given the stack's URL by hand (`--tracking-uri http://127.0.0.1:PORT`, or
+    `MLFLOW_TRACKING_URI` exported without the rest of the env file) then reaches the
+    authenticated server as one that found the stack itself does. The credentials only
+    ever go to the server the env file names; credentials already in `environ` win, and
+    `TIPSV2_STACK=off` leaves the stack out.
+    """
+    env = os.environ if environ is None else environ
+    path = env_file(Path(home).resolve() if home else tipsv2_home(env))
+    if not _stack_enabled(env) or not path.is_file():
+        return ()
+    try:
+        values = read_env_file(path)
+    except OSError:  # another user's stack, or a file being replaced: as if absent
+        return ()
+    return tuple(_stack_credentials(tracking_uri, values, env))
+
+
 def _load(
     keys: tuple[str, ...], values: Mapping[str, str], environ: MutableMapping[str, str]
 ) -> list[str]:
@@ -164,8 +213,7 @@ def configure(
 
     values: dict[str, str] = {}
     path = env_file(home)
-    use_stack = env.get("TIPSV2_STACK", "").lower() not in {"0", "off", "false", "no"}
-    if use_stack and path.is_file():
+    if _stack_enabled(env) and path.is_file():
         values = read_env_file(path)
     # Probe only what the environment leaves open: each probe is a loopback round trip.
     s3_up = (
@@ -192,9 +240,12 @@ def configure(
     tracking: Literal["stack", "embedded", "environment"]
     if explicit_tracking:
         tracking = "environment"
+        # The stack's own URL set by hand still needs the stack's credentials.
+        loaded += _stack_credentials(env["MLFLOW_TRACKING_URI"], values, env)
     elif mlflow_up:
         tracking = "stack"
-        loaded += _load(MLFLOW_KEYS, values, env)
+        loaded += _load(("MLFLOW_TRACKING_URI",), values, env)
+        loaded += _stack_credentials(env["MLFLOW_TRACKING_URI"], values, env)
     else:
         tracking = "embedded"
         home.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder

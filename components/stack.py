@@ -15,22 +15,28 @@ What `up` starts, both bound to 127.0.0.1 and owned by `$TIPSV2_HOME` (default `
   like S3's. Buckets `tipsv2` (data, checkpoints) and `mlflow` (artifacts) are created.
 - **mlflow**: `mlflow server` with a SQLite backend store and `--artifacts-destination
   s3://mlflow/artifacts --serve-artifacts`: clients log to `mlflow-artifacts:/` and the
-  server proxies the bytes into the gateway, so a client needs only the tracking URI.
-  (With mlflow 3.17 `--default-artifact-root s3://…` also works, but then every client
-  needs the S3 credentials; proxying keeps them in one process.)
+  server proxies the bytes into the gateway, so a client needs only the tracking URI and
+  the server's own credentials. (With mlflow 3.17 `--default-artifact-root s3://…` also
+  works, but then every client needs the S3 credentials; proxying keeps them in one
+  process.) By default the server sits behind HTTP Basic auth with generated credentials
+  (`components.stack_auth`): anyone else on the machine could otherwise read every run and
+  write into `s3://mlflow/artifacts` through the proxy. `up(auth=False)` (`--no-auth`)
+  starts it open, for a single-user machine only.
 
 Files under `$TIPSV2_HOME/stack/` (the folder is mode 700):
 
     stack.env          generated credentials + URLs, `export KEY=value`, mode 600
-    state.json         ports (no secrets), so a restart keeps the same URLs
+    state.json         ports and MLflow's auth mode (no secrets), so a restart keeps the
+                       same URLs
     run/<service>.pid  the process-group leader of each service
     logs/<service>.log stdout + stderr of each service (and of `juicefs format`)
     s3/meta.db, s3/blocks/, s3/cache/   the JuiceFS volume: survives `down`
     mlflow.db          the tracking server's backend store: survives `down`
 
 Credentials are generated once with `secrets`, kept in `stack.env`, and reach the children
-only through their environment (`MINIO_ROOT_*` for the gateway, `AWS_*` for MLflow): never
-on a command line, where `ps` would show them, and never printed. Child processes also get
+only through their environment (`MINIO_ROOT_*` for the gateway, `AWS_*` and MLflow's own
+`TIPSV2_MLFLOW_*` for MLflow, `MLFLOW_TRACKING_*` for the model server): never on a command
+line, where `ps` would show them, and never printed. Child processes also get
 the no-telemetry variables (`settings.TELEMETRY_OFF`).
 """
 
@@ -85,7 +91,8 @@ CHILD_ENV = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
 # Variables a child must not inherit from the caller: they would point the MLflow server
-# at other S3 credentials or endpoints than the stack's gateway.
+# at other S3 credentials or endpoints than the stack's gateway, or hand the model server
+# the caller's credentials for some other tracking server.
 SCRUBBED_ENV = (
     "AWS_PROFILE",
     "AWS_SESSION_TOKEN",
@@ -93,6 +100,9 @@ SCRUBBED_ENV = (
     "AWS_ENDPOINT_URL_S3",
     "MLFLOW_TRACKING_URI",
     "MLFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
 )
 
 GATEWAY_TIMEOUT_S = 30.0
@@ -151,7 +161,9 @@ class StackPaths:
 
 @dataclass(frozen=True)
 class ServiceStatus:
-    """One service as `status` sees it; `url` is None before its first start."""
+    """One service as `status` sees it; `url` is None before its first start. `auth`:
+    whether MLflow was last started behind its credentials (None for the gateway, which
+    always is, and before MLflow's first start)."""
 
     name: str
     url: str | None
@@ -159,6 +171,7 @@ class ServiceStatus:
     running: bool
     healthy: bool
     log: Path
+    auth: bool | None = None
 
     @property
     def state(self) -> str:
@@ -174,6 +187,7 @@ class ServiceStatus:
             "pid": self.pid,
             "healthy": self.healthy,
             "log": str(self.log),
+            **({"auth": self.auth} if self.auth is not None else {}),
         }
 
 
@@ -469,8 +483,8 @@ def _read_state(p: StackPaths) -> dict[str, dict[str, Any]]:
 
 
 def _mlflow_credentials(p: StackPaths) -> tuple[str, str]:
-    """The MLflow server's Basic credentials (`up --auth`): generated once, then reused
-    from the env file, like the gateway's."""
+    """The MLflow server's Basic credentials: generated once, then reused from the env
+    file, like the gateway's."""
     if p.env_file.is_file():
         values = read_env_file(p.env_file)
         user, password = (
@@ -740,9 +754,12 @@ def up(
 ) -> dict[str, str]:
     """Starts the services that are not running; returns {service: "started" | "already running"}.
 
-    auth: put the MLflow server behind Basic auth with generated credentials
-    (components.stack_auth); None keeps the previous `up`'s choice (default off). A
-    running server is never switched: `down` first.
+    auth: whether the MLflow server sits behind Basic auth with generated credentials
+    (components.stack_auth). None (the default): on, unless an earlier `up(auth=False)`
+    (`--no-auth`, for a single-user machine) turned it off, which is kept until
+    `auth=True`. A running server is never switched: an explicit choice that differs from
+    it needs `down` first, and with None it stays as it runs (a server started without
+    authentication before it became the default; `status` shows `auth: False`).
 
     Idempotent: a healthy service is left alone. MLflow needs the gateway (its artifacts
     live there), so asking for "mlflow" starts "s3" too. `timeout` bounds each service's
@@ -776,16 +793,15 @@ def up(
                     taken = {port for other, port in ports.items() if other != s}
                     ports[s] = _choose_port(s, requested, ports.get(s), taken)
         metrics_port = _free_port(set(ports.values()))
-        was = bool(state.get("mlflow", {}).get("auth", False))
-        secured = was if auth is None else auth
-        if pids["mlflow"] is not None and "mlflow" in wanted and secured != was:
-            raise StackError(
-                f"mlflow runs (pid {pids['mlflow']}) {'with' if was else 'without'} "
-                "authentication; `tipsv2 stack down` before switching it"
-            )
+        previous = state.get("mlflow", {})
+        if "mlflow" in wanted or pids["mlflow"] is not None:
+            secured, opted_out = _auth_mode(previous, auth, pids["mlflow"])
+        else:  # not started now: it keeps the mode it was last started with
+            secured = bool(previous.get("auth", False))
+            opted_out = bool(previous.get("auth_opt_out", False))
         new_state: dict[str, dict[str, Any]] = {s: {"port": port} for s, port in ports.items()}
         if "mlflow" in new_state:
-            new_state["mlflow"]["auth"] = secured
+            new_state["mlflow"] |= {"auth": secured, "auth_opt_out": opted_out}
         p.state.write_text(json.dumps(new_state, indent=2) + "\n")
         mlflow_creds = _mlflow_credentials(p) if secured else None
         # Written before anything starts, so the credentials the gateway is first started
@@ -798,7 +814,8 @@ def up(
                 url = _service_url(ports[s])
                 # A service that is still starting (another `up` just launched it) may
                 # answer soon: give it the usual wait before calling it broken.
-                _wait_healthy(p, s, pid, _health_url(s, url), _timeout(s, timeout), creds)
+                secret_values = [*creds, *(mlflow_creds or ())]
+                _wait_healthy(p, s, pid, _health_url(s, url), _timeout(s, timeout), secret_values)
                 actions[s] = "already running"
             elif s == "s3":
                 _start_gateway(p, ports["s3"], metrics_port, creds, _timeout(s, timeout))
@@ -811,6 +828,29 @@ def up(
             if s == "s3":  # idempotent; also brings back a bucket someone deleted
                 _create_buckets(ports["s3"], creds)
     return actions
+
+
+def _auth_mode(
+    previous: Mapping[str, Any], auth: bool | None, running: int | None
+) -> tuple[bool, bool]:
+    """(MLflow behind auth?, opted out with `--no-auth`?) for this `up`.
+
+    `previous` is the state's mlflow entry: `auth` as the server was last started,
+    `auth_opt_out` when a user chose `--no-auth` (a state written before authentication
+    became the default says `auth: false` without it, and gets auth at its next start).
+    """
+    was = bool(previous.get("auth", False))
+    opted_out = bool(previous.get("auth_opt_out", False))
+    if running is not None:
+        if auth is not None and auth != was:
+            raise StackError(
+                f"mlflow runs (pid {running}) {'with' if was else 'without'} "
+                "authentication; `tipsv2 stack down` before switching it"
+            )
+        return was, opted_out if auth is None else not auth
+    if auth is None:
+        return not opted_out, opted_out
+    return auth, not auth
 
 
 def _timeout(service: str, timeout: float | None) -> float:
@@ -849,6 +889,12 @@ def down(home: Path | None = None) -> dict[str, str]:
     return {s: actions[s] for s in SERVICES}
 
 
+def auth_opted_out(home: Path | None = None) -> bool:
+    """True when MLflow is off authentication by a user's `--no-auth` (not merely started
+    before authentication became the default)."""
+    return bool(_read_state(paths(home)).get("mlflow", {}).get("auth_opt_out", False))
+
+
 def status(home: Path | None = None) -> StackStatus:
     """Each service's state, URL, pid, health and log; never reads out a credential."""
     p = paths(home)
@@ -858,5 +904,8 @@ def status(home: Path | None = None) -> StackStatus:
         pid = _running_pid(p, s)
         url = _service_url(state[s]["port"]) if s in state else None
         healthy = pid is not None and url is not None and is_healthy(_health_url(s, url))
-        result.append(ServiceStatus(s, url, pid, pid is not None, healthy, p.log_file(s)))
+        auth = bool(state[s].get("auth", False)) if s == "mlflow" and s in state else None
+        result.append(
+            ServiceStatus(s, url, pid, pid is not None, healthy, p.log_file(s), auth=auth)
+        )
     return StackStatus(home=p.home, services=tuple(result), env_file=p.env_file)

@@ -1,13 +1,15 @@
-"""HTTP Basic authentication for the local stack's MLflow server (`tipsv2 stack up --auth`).
+"""HTTP Basic authentication for the local stack's MLflow server (on by default).
 
 The S3 gateway of the stack refuses any request without its generated credentials; the
 MLflow server, started plain, answers anyone who can reach 127.0.0.1, and its artifact
-proxy writes into the gateway with the server's own credentials. With `--auth` the server
-gets the same story as the gateway: a user name and a password generated on the first
-`up`, kept in `stack/stack.env` (mode 600) as `MLFLOW_TRACKING_USERNAME` /
-`MLFLOW_TRACKING_PASSWORD` (the variables MLflow's client sends as Basic credentials), and
-every request without them is answered 401, uploads through the artifact proxy included.
-Only `/health` stays open, for the stack's own health checks.
+proxy writes into the gateway with the server's own credentials. So by default
+(`tipsv2 stack up`; `--no-auth` opts out, for a single-user machine) the server gets the
+same story as the gateway: a user name and a password generated on the first `up`, kept
+in `stack/stack.env` (mode 600) as `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`
+(the variables MLflow's client sends as Basic credentials, and which
+`components.settings.configure()` loads with the rest of the file), and every request
+without them is answered 401, uploads through the artifact proxy included. Only `/health`
+stays open, for the stack's own health checks.
 
 Why not MLflow's `--app-name basic-auth`: it needs Flask-WTF (not in this project's lock)
 and a user database with per-experiment permissions, where one generated credential pair

@@ -1,7 +1,10 @@
 """The model server as an optional service of the local stack (`tipsv2 stack up --serve`).
 
 It runs beside the S3 gateway and MLflow, follows `models:/NAME@champion` in the stack's
-registry and reads artifacts from its gateway, with the stack's env file. Optional: the
+registry and reads artifacts from its gateway, with the stack's env file: the MLflow
+server's credentials reach it in its environment (MLflow's client sends
+`MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`), never on its command line, which
+names the tracking URI only. Optional: the
 stack is healthy without it, and `stack.status` is unchanged; this module adds its own
 pid file, state and log under the same `$TIPSV2_HOME/stack/` folder.
 """
@@ -66,7 +69,8 @@ def up(
     stack._write_private(_state_file(p), json.dumps({"port": chosen, "model": model}) + "\n")
     pid = stack._spawn(p, SERVICE, cmd, stack._child_env(env | {"TIPSV2_HOME": str(p.home)}))
     health = f"http://{stack.HOST}:{chosen}/v2/health/live"
-    stack._wait_healthy(p, SERVICE, pid, health, timeout, [env.get("AWS_SECRET_ACCESS_KEY", "")])
+    secrets = [env.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD")]
+    stack._wait_healthy(p, SERVICE, pid, health, timeout, secrets)
     return "started"
 
 

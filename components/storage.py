@@ -30,6 +30,7 @@ a file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -562,7 +563,19 @@ class Storage:
             return count
         if not loc.key:
             raise ValueError(f"{loc.uri}: refusing to delete a whole bucket")
-        names = self.list_files(uri)
+        return self.delete_files(uri, self.list_files(uri))
+
+    def delete_files(self, uri: str | os.PathLike[str], names: Collection[str]) -> int:
+        """Removes the files `names` (relative posix paths) below the directory / prefix
+        `uri`; a name that is already gone is no error. Returns how many were asked for."""
+        loc = parse(uri)
+        if loc.path is not None:
+            for name in names:
+                if Path(name).is_absolute() or ".." in PurePosixPath(name).parts:
+                    raise StorageError(loc.uri, f"refusing to delete outside it: {name!r}")
+                with contextlib.suppress(FileNotFoundError):
+                    (loc.path / name).unlink()
+            return len(names)
         client = self.client(loc.uri)
 
         # One DELETE per object: the MinIO-dialect gateway wants a Content-MD5 on the

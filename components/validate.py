@@ -46,7 +46,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from components import storage
-from components.datasets import metadata_dir
+from components.datasets import dataset_metadata
 from components.settings import disable_telemetry
 from tipsv2_core.data.card import CAPTION_FIELDS
 from tipsv2_core.data.layout import REJECTED_FILE, read_card, read_manifest
@@ -827,8 +827,8 @@ def validate(
     """
     cfg = config or ValidationConfig()
     uri = os.fspath(data)
-    with metadata_dir(uri) as root:
-        batches = _build(root, cfg, uri)
+    with dataset_metadata(uri) as (root, source):  # source: the version on S3
+        batches = _build(root, cfg, source)
     suites = _run_suites(batches, cfg)
     checks = tuple(_check_results(batches, suites))
     target = None

@@ -1,6 +1,11 @@
-"""Shared fixtures: small models with every parameter randomised, sample images."""
+"""Shared fixtures: small models with every parameter randomised, sample images; the
+local stack's credentials for tests that talk to its MLflow server."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +48,26 @@ def s3_env(s3_home) -> dict[str, str]:
     from components.settings import read_env_file
 
     return read_env_file(s3_home / "stack" / "stack.env") | {"TIPSV2_HOME": str(s3_home)}
+
+
+def stack_credentials(home: Path) -> dict[str, str]:
+    """The local stack's MLflow credentials, from its env file: what a shell that sourced
+    `stack.env` (or a command that found the stack) sends to the server."""
+    from components.settings import MLFLOW_CREDENTIAL_KEYS, read_env_file
+
+    env = read_env_file(home / "stack" / "stack.env")
+    return {key: env[key] for key in MLFLOW_CREDENTIAL_KEYS}
+
+
+@contextlib.contextmanager
+def logged_in(home: Path) -> Iterator[dict[str, str]]:
+    """The stack's MLflow credentials in `os.environ` while the block runs, for module
+    fixtures whose in-process clients (and the subprocesses they start) use its server."""
+    with pytest.MonkeyPatch.context() as mp:
+        credentials = stack_credentials(home)
+        for key, value in credentials.items():
+            mp.setenv(key, value)
+        yield credentials
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:

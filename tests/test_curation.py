@@ -827,6 +827,7 @@ def test_same_output_with_and_without_ray(mixed, ray_local, tmp_path):
 
 @pytest.mark.integration
 def test_s3_source_and_output(mixed, s3_env, tmp_path, monkeypatch):
+    from components.s3_publish import current_root
     from components.storage import default_storage
 
     for key, value in s3_env.items():
@@ -838,12 +839,96 @@ def test_s3_source_and_output(mixed, s3_env, tmp_path, monkeypatch):
     store.put_directory(root / "table", "s3://tipsv2/raw/table")
     sources = ["s3://tipsv2/raw/wds", "s3://tipsv2/raw/table/manifest.csv"]
     out = "s3://tipsv2/curated/v1"
+    versions = []
     for _ in range(2):  # the second run replaces the first
         result = curate(sources, out, workers=0, progress=False)
         assert result.num_samples == 13 and result.rejects["unsafe_member"] == 2
+        versions.append(current_root(out))
     names = store.list_files(out)
-    assert "COMPLETE" in names and "manifest.parquet" in names and "rejected.parquet" in names
-    store.get_directory(out, tmp_path / "back")
+    version = versions[1][len(out) + 1 :]
+    assert versions[0] != versions[1]  # the first is gone: only COMPLETE and the second
+    assert f"{version}/manifest.parquet" in names and f"{version}/rejected.parquet" in names
+    assert all(n == "COMPLETE" or n.startswith(f"{version}/") for n in names)
+    store.get_directory(versions[1], tmp_path / "back")  # a version is a complete copy
     assert len(open_dataset(tmp_path / "back")) == 13
     with pytest.raises(CurateConfigError, match="no such folder"):
         curate(["s3://tipsv2/raw/nothing-here"], out, workers=0, progress=False)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_killed_s3_rewrite_leaves_the_previous_dataset_and_sweep_finds_the_rest(
+    s3_env, tmp_path, monkeypatch
+):
+    """`tipsv2 data curate --out s3://…` over an existing dataset, killed (SIGKILL) while
+    it uploads: the previous dataset stays current, whole and valid; `tipsv2 data sweep`
+    finds and removes exactly the killed write's version; a rewrite that finishes leaves
+    nothing of the old one."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from components.s3_publish import current_root
+
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    tipsv2 = str(Path(sys.executable).with_name("tipsv2"))
+    store = Storage(environ=s3_env)
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(80):  # noise does not compress: ~25 MB, an upload that takes a while
+        pixels = (rng.random((320, 320, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(src / f"n{i:03d}.png")
+        (src / f"n{i:03d}.txt").write_text(f"noise picture number {i}")
+    config = tmp_path / "curate.json"
+    config.write_text(json.dumps({"shard_max_samples": 2}))  # many objects, too
+    out = "s3://tipsv2/curated/killed"
+    argv = [tipsv2, "data", "curate", "--source", str(src), "--out", out, "--config",
+            str(config), "--workers", "0", "--no-progress"]  # fmt: skip
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([tipsv2, *extra], env=env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+
+    def validates() -> bool:
+        res = run("data", "validate", "--data", out, "--out", str(tmp_path / "report"))
+        return res.returncode == 0
+
+    assert run(*argv[1:]).returncode == 0
+    old = current_root(out)
+    assert old is not None
+    before = store.list_files(out)
+    assert validates()
+
+    pixels = (rng.random((320, 320, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(src / "n999.png")  # the rewrite has one sample more
+    (src / "n999.txt").write_text("one more")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    prefix = f"{old[len(out) + 1 :]}/"
+    while not [n for n in store.list_files(out) if not n.startswith((prefix, "COMPLETE"))]:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-upload: no handler runs, nothing is cleaned up
+    proc.wait()
+    proc.stderr.close()
+    assert current_root(out) == old, "the rewrite finished before it could be killed"
+    left = [n for n in store.list_files(out) if n not in before]
+    assert left and all(n.startswith("versions/") for n in left)
+    assert [n for n in store.list_files(out) if n in before] == before  # the old one, whole
+    assert validates()
+
+    res = run("data", "sweep", out, "--min-age", "0s", "--delete")
+    assert res.returncode == 0 and "removed: 1 incomplete roots" in res.stdout, res.stdout
+    assert store.list_files(out) == before
+
+    assert run(*argv[1:]).returncode == 0  # a rewrite that finishes
+    new = current_root(out)
+    assert new != old
+    version = new[len(out) + 1 :]
+    assert all(n == "COMPLETE" or n.startswith(f"{version}/") for n in store.list_files(out))
+    assert validates()

@@ -218,6 +218,40 @@ def test_a_killed_run_leaves_only_whole_parts_and_the_rerun_finishes(export, dat
     assert sorted(emb.keys) == sorted(open_dataset(dataset).manifest.column("key").to_pylist())
 
 
+def test_a_killed_forced_rewrite_leaves_the_previous_embeddings(
+    embedded, export, dataset, tmp_path
+):
+    """`--force` over embeddings made with other settings builds the new ones beside the
+    old and swaps them in when complete: killed half-way, the old ones are still there,
+    whole and searchable; a rerun that finishes replaces them and leaves nothing else."""
+    out = _copy(embedded, tmp_path / "emb")
+    before = load_embeddings(out)
+    cmd = [TIPSV2, "embed", "dataset", "--model", str(export), "--data", str(dataset),
+           "--out", str(out), "--workers", "0", "--image-size", "448", "--batch-size", "2",
+           "--force", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not [p for w in tmp_path.glob(".emb.tmp-*") for p in visible_parts(w)]:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    after = load_embeddings(out)  # still complete, with the old settings
+    assert after.keys == before.keys and read_manifest(out).settings.image_size == SIZE
+    np.testing.assert_array_equal(after.vectors["cls1"], before.vectors["cls1"])
+    r = cli("search", "--index", str(out), "a star", "--json")
+    assert r.returncode == 0, r.stderr
+
+    r = cli("embed", "dataset", "--model", str(export), "--data", str(dataset), "--out",
+            str(out), "--workers", "0", "--image-size", "56", "--force")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert read_manifest(out).settings.image_size == 56 and load_embeddings(out).keys
+    # Nothing of either run beside it: the killed one's sibling is swept, the old copy gone.
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".emb.tmp", ".emb.old"))] == []
+
+
 def test_search_refuses_another_models_weights(embedded, tmp_path, nano):
     from tests.conftest import randomize_
     from tipsv2_core.models.tips import TIPSModel
@@ -231,19 +265,30 @@ def test_search_refuses_another_models_weights(embedded, tmp_path, nano):
 def test_an_s3_output_is_published_whole_and_searched_from_its_mirror(
     embedded, dataset, export, s3_env, monkeypatch, capsys
 ):
-    """`--out s3://…` on the real S3 gateway: the prefix gets the parts, the index and
-    COMPLETE; search reads it through a local mirror with the local run's answers; a
-    rerun skips every shard; a prefix that lost its COMPLETE object is refused."""
+    """`--out s3://…` on the real S3 gateway: the prefix gets a version with the parts,
+    the index and COMPLETE, and COMPLETE naming it; search reads it through a local
+    mirror with the local run's answers; a rerun skips every shard and replaces the
+    version, leaving no other; a prefix that lost its COMPLETE object is refused."""
     from components import storage
     from components.embed_dataset import fetch_embeddings
+    from components.s3_publish import current_root
     from components.search import search
     from tipsv2_core.search.store import EmbeddingsError
 
     for key, value in s3_env.items():
         monkeypatch.setenv(key, value)
     uri = "s3://tipsv2/embeddings/synth"
+
+    def version_files() -> list[str]:
+        """The files of the current version; nothing else is under the prefix."""
+        version = current_root(uri)[len(uri) + 1 :]
+        names = storage.list_files(uri)
+        assert all(n == COMPLETE_FILE or n.startswith(f"{version}/") for n in names)
+        return [n[len(version) + 1 :] for n in names if n != COMPLETE_FILE]
+
     embed(export, dataset, uri, workers=0)
-    names = storage.list_files(uri)
+    first = current_root(uri)
+    names = version_files()
     parts = sum(n.startswith(f"{PARTS_DIR}/") for n in names)
     assert COMPLETE_FILE in names and parts == len(open_dataset(dataset).shards())
     a, b = load_embeddings(fetch_embeddings(uri)), load_embeddings(embedded)
@@ -253,7 +298,7 @@ def test_an_s3_output_is_published_whole_and_searched_from_its_mirror(
     assert [h.key for h in search(uri, text="a star", k=5)] == want
 
     embed(export, dataset, uri, workers=0)
-    assert COMPLETE_FILE in storage.list_files(uri)
+    assert current_root(uri) != first and version_files() == names
     assert f"{parts} done before (skipped), 0 to embed" in capsys.readouterr().err
 
     storage.default_storage().client(uri).delete_object(

@@ -755,6 +755,61 @@ def test_tipsv2_run_smoke_end_to_end_then_from_the_cache(e2e_home):
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.long
+def test_tipsv2_run_smoke_on_the_local_stack_behind_its_credentials(tmp_path):
+    """The whole DAG as a user runs it beside `tipsv2 stack up` (MLflow behind its
+    generated credentials, data on the S3 gateway): the runner and every step find the
+    stack and its credentials through $TIPSV2_HOME alone; the runs, the registered model
+    and the champion land on the server; the password is in no log, output or MLflow
+    param or tag."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    from components import stack
+    from components.settings import read_env_file
+    from components.tracking import client_for
+    from tests.conftest import logged_in
+
+    home = tmp_path / "home"
+    stack.up(home, timeout=600)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+        env |= {"TIPSV2_HOME": str(home)}
+        proc = subprocess.run(
+            [TIPSV2, "run", "--smoke", "--json", "--quiet"],
+            env=env, capture_output=True, text=True, timeout=1200,
+        )  # fmt: skip
+        text = proc.stdout + proc.stderr
+        assert proc.returncode == 0, text[-4000:]
+        s = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+        assert s["status"] == "SUCCEEDED" and s["registered_version"] == "1"
+        stack_env = read_env_file(home / "stack" / "stack.env")
+        uri, password = stack_env["MLFLOW_TRACKING_URI"], stack_env["MLFLOW_TRACKING_PASSWORD"]
+        with pytest.raises(urllib.error.HTTPError) as refused:  # still closed to others
+            urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1")
+        assert refused.value.code == 401
+
+        with logged_in(home):
+            client = client_for(uri)
+            assert client.get_model_version_by_alias("tipsv2-demo", "champion").version == "1"
+            exp = client.get_experiment_by_name("tipsv2")
+            runs = client.search_runs([exp.experiment_id])
+            assert len(runs) >= 5 and all(r.info.status == "FINISHED" for r in runs)
+            for run in runs:
+                data = run.data
+                assert password not in json.dumps([data.params, data.tags], default=str)
+        assert password not in text
+        outputs = [p for p in Path(s["run_dir"]).rglob("*") if p.is_file()]
+        for path in [Path(s["log"]), *outputs, *(home / "stack" / "logs").iterdir()]:
+            if path.stat().st_size < 50_000_000:
+                assert password.encode() not in path.read_bytes(), path
+    finally:
+        stack.down(home)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_tipsv2_run_with_bad_data_stops_at_the_gate_and_trains_nothing(e2e_home):
     from mlflow import MlflowClient
 

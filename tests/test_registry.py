@@ -60,6 +60,7 @@ from components.registry import (
 from components.settings import read_env_file
 from components.tracking import client_for, sanitize_key
 from pipelines.cli import main as cli_main
+from tests.conftest import logged_in
 from tipsv2_core.export import export_checkpoint
 from tipsv2_core.inference import embed_images, load_image
 from tipsv2_core.models.io import save_model
@@ -117,7 +118,10 @@ def server(tmp_path_factory) -> Iterator[str]:
     stack.up(home)
     print(f"stack up in {time.monotonic() - t0:.1f} s")
     try:
-        yield read_env_file(home / "stack" / "stack.env")["MLFLOW_TRACKING_URI"]
+        # Its MLflow server wants the generated credentials: in the environment, as for a
+        # shell that sourced stack.env (the CLI subprocesses below inherit them).
+        with logged_in(home):
+            yield read_env_file(home / "stack" / "stack.env")["MLFLOW_TRACKING_URI"]
     finally:
         stack.down(home)
 

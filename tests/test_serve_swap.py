@@ -26,7 +26,7 @@ from components.registry import alias_version, register_export
 from components.settings import read_env_file
 from components.steps.deploy import TAG_SERVED, TAG_TARGET, deploy_model
 from components.tracking import client_for
-from tests.conftest import randomize_
+from tests.conftest import logged_in, randomize_
 from tests.test_serve import b64, running_server, tensor
 from tipsv2_core.export import export_checkpoint
 from tipsv2_core.models.io import save_model
@@ -48,7 +48,8 @@ def home(tmp_path_factory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("swap_stack")
     stack.up(home)
     try:
-        yield home
+        with logged_in(home):  # its MLflow server wants the generated credentials
+            yield home
     finally:
         stack.down(home)
 
@@ -240,6 +241,17 @@ def test_stack_up_serve_starts_the_server_beside_mlflow(home, uri, versions, cap
             time.sleep(0.5)
         champion = client_for(uri).get_model_version_by_alias(NAME, "champion").version
         assert st["state"] == "running" and st["ready"] and st["version"] == champion
+        # It reached the authenticated registry with the credentials of the env file, in
+        # its environment; its command line names the tracking URI only.
+        password = read_env_file(home / "stack" / "stack.env")["MLFLOW_TRACKING_PASSWORD"]
+        pid = int((home / "stack" / "run" / "serve.pid").read_text())
+        assert f"--tracking-uri\0{uri}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert (
+            f"MLFLOW_TRACKING_PASSWORD={password}".encode()
+            in Path(f"/proc/{pid}/environ").read_bytes()
+        )
+        assert password not in (home / "stack" / "logs" / "serve.log").read_text()
         assert cli_main(["stack", "--home", str(home), "status"]) == 0
         out = capsys.readouterr().out
         assert "serve   running" in out and f"version {champion}" in out

@@ -1,7 +1,9 @@
 """`tipsv2 stack up|down|status` against the real JuiceFS gateway and MLflow server.
 
-One stack per module (starting MLflow costs ~10-30 s on 2 cores); the tests run in file
-order and the last one stops and restarts it. The unit tests at the end need no services.
+One stack per module (starting MLflow costs ~10-30 s on 2 cores), started as a user
+starts it, so its MLflow server is behind the generated credentials; the tests run in
+file order and the last ones stop and restart it. The unit tests in the middle need no
+services.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from components import stack
 from components.settings import configure, read_env_file
 from components.storage import Storage
 from pipelines.cli import stack as stack_cli
+from tests.conftest import logged_in
+
+TIPSV2 = Path(sys.executable).with_name("tipsv2")
 
 
 def tipsv2(*argv: str) -> tuple[int, str]:
@@ -45,8 +50,10 @@ def home(tmp_path_factory) -> Path:
     start = time.monotonic()
     rc, out = tipsv2("stack", "--home", str(h), "up")
     assert rc == 0, out
+    assert "note:" not in out  # the default: MLflow behind its credentials
     print(f"stack up in {time.monotonic() - start:.1f} s")
-    yield h
+    with logged_in(h):  # the module's own MLflow clients, as a shell that sourced stack.env
+        yield h
     stack.down(h)
 
 
@@ -56,7 +63,7 @@ def env(home) -> dict[str, str]:
 
 
 def secrets_of(env: dict[str, str]) -> list[str]:
-    return [env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]]
+    return [env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["MLFLOW_TRACKING_PASSWORD"]]
 
 
 @pytest.mark.integration
@@ -91,8 +98,8 @@ def _outward_address() -> str | None:
 
 @pytest.mark.integration
 def test_services_are_not_reachable_on_other_interfaces(home):
-    """The MLflow server has no authentication of its own (README "Local stack"): what
-    keeps other machines out is that it, like the gateway, listens on 127.0.0.1 only."""
+    """Both services listen on 127.0.0.1 only (README "Local stack"): other machines
+    cannot even ask, whatever the credentials (and MLflow with `--no-auth` has none)."""
     address = _outward_address()
     if address is None:
         pytest.skip("this machine has no address besides loopback to try")
@@ -128,6 +135,8 @@ def test_env_file_is_private_and_complete(home, env):
     assert env["AWS_REQUEST_CHECKSUM_CALCULATION"] == "WHEN_REQUIRED"
     assert len(env["AWS_SECRET_ACCESS_KEY"]) >= 20  # generated, not a well-known default
     assert env["AWS_SECRET_ACCESS_KEY"] != "minioadmin"
+    assert env["MLFLOW_TRACKING_USERNAME"] and len(env["MLFLOW_TRACKING_PASSWORD"]) >= 20
+    assert json.loads((home / "stack" / "state.json").read_text())["mlflow"]["auth"] is True
 
 
 @pytest.mark.integration
@@ -139,8 +148,12 @@ def test_credentials_never_printed_logged_or_on_a_command_line(home, env):
     ]
     logs = [p.read_text(errors="replace") for p in (home / "stack" / "logs").iterdir()]
     cmdlines = []
-    for s in stack.status(home).services:
-        cmdlines.append(Path(f"/proc/{s.pid}/cmdline").read_bytes().decode(errors="replace"))
+    for s in stack.status(home).services:  # each service's whole session: MLflow's workers
+        for pid in _session_pids(s.pid):
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                cmdlines.append(cmdline.decode(errors="replace"))
+    assert len(cmdlines) >= 2
     for secret in secrets_of(env):
         for text in outputs + logs + cmdlines:
             assert secret not in text
@@ -174,15 +187,26 @@ def test_configure_loads_the_healthy_stack(home, env):
         "AWS_SECRET_ACCESS_KEY",
         "AWS_ENDPOINT_URL",
         "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
         "MLFLOW_S3_ENDPOINT_URL",
         "AWS_REQUEST_CHECKSUM_CALCULATION",
     ):
         assert environ[key] == env[key]
-    # What the caller set explicitly wins.
+    # What the caller set explicitly wins, and another server never gets the stack's
+    # credentials.
     environ = {"MLFLOW_TRACKING_URI": "http://tracking.example"}
     settings = configure(home, environ=environ)
     assert settings.tracking == "environment"
     assert environ["MLFLOW_TRACKING_URI"] == "http://tracking.example"
+    assert "MLFLOW_TRACKING_PASSWORD" not in environ
+    # The stack's own URL set by hand (without the rest of stack.env) gets them.
+    environ = {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"] + "/"}
+    assert configure(home, environ=environ).tracking == "environment"
+    assert environ["MLFLOW_TRACKING_PASSWORD"] == env["MLFLOW_TRACKING_PASSWORD"]
+    environ = {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_TOKEN": "t"}
+    configure(home, environ=environ)  # the caller's own credentials win
+    assert "MLFLOW_TRACKING_PASSWORD" not in environ
     # And the stack can be switched off.
     environ = {"TIPSV2_STACK": "off"}
     settings = configure(home, environ=environ)
@@ -360,68 +384,145 @@ def test_a_killed_leader_leaves_the_service_running_until_down_stops_its_group(h
     assert rc == 0 and "mlflow  started" in out, out
 
 
-@pytest.mark.integration
-def test_auth_refuses_uploads_without_the_generated_credentials(tmp_path, monkeypatch):
-    """`tipsv2 stack up --auth`: the MLflow server gets the gateway's story. Its
-    credentials are generated, kept in stack.env only, and every request without them
-    (an upload through the artifact proxy included) is answered 401."""
+def _http_status(uri: str, path: str, method: str = "GET", auth: str | None = None) -> int:
+    """The HTTP status of one plain request (no MLflow client, no environment)."""
     import base64
     import urllib.error
     import urllib.request
 
+    req = urllib.request.Request(f"{uri}{path}", method=method)
+    if method == "PUT":
+        req.data = b"written by anyone"
+    if auth is not None:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as res:
+            return res.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+UPLOAD = "/api/2.0/mlflow-artifacts/artifacts/intruder/x.txt"
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+@pytest.mark.integration
+def test_default_stack_refuses_requests_and_uploads_without_the_credentials(home, env):
+    """`tipsv2 stack up` as a user runs it: the MLflow server answers 401 to every request
+    without the generated credentials (its REST API, and an upload through its artifact
+    proxy, which would write into the gateway), and they are on no command line and in
+    no log."""
     from components.tracking import client_for
 
-    home = tmp_path / "home"
-    # The services start slowly on loaded cores; the test is about what they answer.
-    assert stack.up(home, auth=True, timeout=600) == {"s3": "started", "mlflow": "started"}
-    try:
-        env = read_env_file(home / "stack" / "stack.env")
-        uri, user = env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_USERNAME"]
-        password = env["MLFLOW_TRACKING_PASSWORD"]
+    uri, user = env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_USERNAME"]
+    password = env["MLFLOW_TRACKING_PASSWORD"]
+    assert _http_status(uri, UPLOAD, "PUT") == 401
+    assert _http_status(uri, UPLOAD, "PUT", f"{user}:wrong") == 401
+    assert _http_status(uri, SEARCH) == 401
+    assert _http_status(uri, "/api/2.0/mlflow/runs/search", "POST") == 401
+    assert _http_status(uri, "/") == 401  # the UI too
+    assert _http_status(uri, "/health") == 200  # the stack's own health check stays open
+    s3 = Storage(environ=env)
+    assert s3.list_files("s3://mlflow/artifacts/intruder") == []  # nothing landed
 
-        def status(path: str, method: str = "GET", auth: str | None = None) -> int:
-            req = urllib.request.Request(f"{uri}{path}", method=method)
-            if method == "PUT":
-                req.data = b"written by anyone"
-            if auth is not None:
-                req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-            try:
-                with urllib.request.urlopen(req, timeout=30) as res:
-                    return res.status
-            except urllib.error.HTTPError as e:
-                return e.code
+    # With them (as configure() loads them), MLflow's own client works as without auth.
+    loaded: dict[str, str] = {}
+    assert configure(home, environ=loaded).tracking == "stack"
+    assert loaded["MLFLOW_TRACKING_PASSWORD"] == password
+    client = client_for(uri)
+    run = client.create_run(client.create_experiment("auth-test"))
+    client.log_text(run.info.run_id, "hello", "note.txt")
+    assert [f.path for f in client.list_artifacts(run.info.run_id)] == ["note.txt"]
+    assert _http_status(uri, UPLOAD, "PUT", f"{user}:{password}") == 200
+    assert password not in json.dumps(client.get_run(run.info.run_id).to_dictionary())
 
-        upload = "/api/2.0/mlflow-artifacts/artifacts/intruder/x.txt"
-        assert status(upload, "PUT") == 401
-        assert status(upload, "PUT", f"{user}:wrong") == 401
-        assert status("/api/2.0/mlflow/experiments/search?max_results=1") == 401
-        assert status("/health") == 200  # the stack's own health check stays open
-        s3 = Storage(environ=env)
-        assert s3.list_files("s3://mlflow/artifacts/intruder") == []  # nothing landed
+    pid = stack.status(home).service("mlflow").pid
+    cmdlines = [Path(f"/proc/{p}/cmdline").read_bytes() for p in _session_pids(pid)]
+    assert cmdlines and not any(password.encode() in c for c in cmdlines)
+    assert any(b"tipsv2-auth" in c for c in cmdlines)  # the app behind BasicAuth
+    assert password not in (home / "stack" / "logs" / "mlflow.log").read_text()
 
-        # `configure()`, which every command calls, loads the credentials with the URI;
-        # MLflow's client then works as without auth.
-        loaded: dict[str, str] = {}
-        assert configure(home, environ=loaded).tracking == "stack"
-        assert loaded["MLFLOW_TRACKING_PASSWORD"] == password
-        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            monkeypatch.setenv(key, loaded[key])
-        client = client_for(uri)
-        run = client.create_run(client.create_experiment("auth-test"))
-        client.log_text(run.info.run_id, "hello", "note.txt")
-        assert [f.path for f in client.list_artifacts(run.info.run_id)] == ["note.txt"]
-        assert status(upload, "PUT", f"{user}:{password}") == 200
 
-        # The password is in the private env file only: not on a command line, not logged.
-        pid = stack.status(home).service("mlflow").pid
-        cmdlines = [Path(f"/proc/{p}/cmdline").read_bytes() for p in _session_pids(pid)]
-        assert cmdlines and not any(password.encode() in c for c in cmdlines)
-        assert password not in (home / "stack" / "logs" / "mlflow.log").read_text()
-        assert stat.S_IMODE((home / "stack" / "stack.env").stat().st_mode) == 0o600
-        with pytest.raises(stack.StackError, match="with authentication; `tipsv2 stack down`"):
-            stack.up(home, auth=False)
-    finally:
-        stack.down(home)
+def _cli(home: Path, *argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """The real `tipsv2` console script in a clean environment (no MLflow or AWS
+    variables of the caller), with TIPSV2_HOME=home and `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    env |= {"TIPSV2_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true", **extra}
+    return subprocess.run(
+        [str(TIPSV2), *argv], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+@pytest.mark.integration
+def test_the_cli_reaches_the_authenticated_server_and_fails_clearly_without_it(home, env):
+    from components.tracking import client_for
+
+    uri = env["MLFLOW_TRACKING_URI"]
+    client = client_for(uri)
+    exp = client.create_experiment("cli-auth")
+    client.set_terminated(client.create_run(exp, run_name="seen-by-the-cli").info.run_id)
+
+    # Found through $TIPSV2_HOME, and given by hand: the stack's credentials come along.
+    for argv in (("runs", "list", "--experiment", "cli-auth"),
+                 ("runs", "list", "--experiment", "cli-auth", "--tracking-uri", uri)):  # fmt: skip
+        res = _cli(home, *argv)
+        assert res.returncode == 0, res.stderr
+        assert "seen-by-the-cli" in res.stdout
+        for secret in secrets_of(env):
+            assert secret not in res.stdout + res.stderr
+
+    # Without them (the stack ignored, nothing in the environment): one line, exit 2.
+    res = _cli(home, "runs", "list", "--tracking-uri", uri, TIPSV2_STACK="off")
+    assert res.returncode == 2
+    (line,) = res.stderr.strip().splitlines()
+    assert "refused the request (401)" in line and "MLFLOW_TRACKING_PASSWORD" in line
+    # And with them in the environment, as after `source stack.env`.
+    creds = {k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    res = _cli(home, "runs", "list", "--experiment", "cli-auth", "--tracking-uri", uri,
+               TIPSV2_STACK="off", **creds)  # fmt: skip
+    assert res.returncode == 0 and "seen-by-the-cli" in res.stdout, res.stderr
+
+
+@pytest.mark.integration
+def test_no_auth_sticks_and_an_older_open_server_keeps_running(home, env):
+    """`up --no-auth` (a single-user machine) starts MLflow open and says so; the choice
+    sticks until `--auth`, which a running server refuses in one line. A state written
+    before authentication became the default (`auth: false`, no opt-out) keeps its
+    running server as it is, with a one-line note, and gets auth at its next start."""
+    uri = env["MLFLOW_TRACKING_URI"]
+    state_file = home / "stack" / "state.json"
+    assert tipsv2("stack", "--home", str(home), "down")[0] == 0
+    rc, out = tipsv2("stack", "--home", str(home), "up", "--no-auth")
+    assert rc == 0, out
+    assert "note: mlflow has no authentication (--no-auth)" in out
+    assert _http_status(uri, SEARCH) == 200
+    assert "MLFLOW_TRACKING_PASSWORD" not in read_env_file(home / "stack" / "stack.env")
+    assert "(no authentication)" in tipsv2("stack", "--home", str(home), "status")[1]
+    assert stack.up(home) == {"s3": "already running", "mlflow": "already running"}
+    assert _http_status(uri, SEARCH) == 200  # the opt-out is kept
+    rc, out = tipsv2("stack", "--home", str(home), "up", "--auth")
+    assert rc == 1
+    (line,) = out.strip().splitlines()
+    assert "without authentication; `tipsv2 stack down` before switching it" in line
+
+    state = json.loads(state_file.read_text())
+    del state["mlflow"]["auth_opt_out"]  # as an older `up` wrote it
+    state_file.write_text(json.dumps(state))
+    rc, out = tipsv2("stack", "--home", str(home), "up")
+    assert rc == 0 and "mlflow  already running" in out, out
+    notes = [line for line in out.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "started before it became the default" in notes[0]
+    assert _http_status(uri, SEARCH) == 200  # still working, as it was
+
+    assert tipsv2("stack", "--home", str(home), "down")[0] == 0
+    rc, out = tipsv2("stack", "--home", str(home), "up")
+    assert rc == 0 and "note:" not in out, out
+    fresh = read_env_file(home / "stack" / "stack.env")
+    assert fresh["MLFLOW_TRACKING_URI"] == uri  # same URL, now behind credentials
+    assert _http_status(uri, SEARCH) == 401
+    login = f"{fresh['MLFLOW_TRACKING_USERNAME']}:{fresh['MLFLOW_TRACKING_PASSWORD']}"
+    assert _http_status(uri, SEARCH, auth=login) == 200
+    assert stat.S_IMODE((home / "stack" / "stack.env").stat().st_mode) == 0o600
 
 
 def _session_pids(leader: int) -> list[int]:

@@ -315,12 +315,13 @@ def test_configure_is_independent_of_storage(tmp_path):
 
 
 @pytest.mark.integration
-def test_a_partial_dataset_on_s3_is_never_read_and_the_next_write_sweeps_it(
+def test_a_partial_dataset_on_s3_is_never_read_and_a_failed_rewrite_keeps_the_old_one(
     s3_env, tmp_path, monkeypatch, capsys
 ):
     import uuid
 
     from components.datasets import publish
+    from components.s3_publish import current_root
     from pipelines.cli import main
     from tipsv2_core.data.synth_dataset import write_synthetic_dataset
 
@@ -331,6 +332,17 @@ def test_a_partial_dataset_on_s3_is_never_read_and_the_next_write_sweeps_it(
     write_synthetic_dataset(str(local), num_images=40, image_size=112, seed=3, progress=False)
     want = store.list_files(local)
     out = f"s3://tipsv2/partial-{uuid.uuid4().hex[:8]}/ds"
+
+    def validates() -> bool:
+        return main(["data", "validate", "--data", out, "--out", str(tmp_path / "report")]) == 0
+
+    def published_files() -> list[str]:
+        """The prefix's objects: COMPLETE and exactly one version holding the dataset."""
+        root = current_root(out)
+        assert root is not None and root.startswith(f"{out}/versions/v")
+        version = root[len(out) + 1 :]
+        assert store.list_files(out) == sorted(["COMPLETE", *(f"{version}/{n}" for n in want)])
+        return store.list_files(out)
 
     # What a write killed outright leaves: most files, no COMPLETE, and a stray shard.
     store.put_directory(local, out)
@@ -345,13 +357,22 @@ def test_a_partial_dataset_on_s3_is_never_read_and_the_next_write_sweeps_it(
         assert "incomplete or missing dataset (no COMPLETE object)" in line and out in line
     assert not (tmp_path / "tok").exists()
 
-    # The next write to the prefix sweeps it: exactly the new dataset's files, COMPLETE last.
+    # The next write to the prefix sweeps it: a new version, named by COMPLETE, and nothing
+    # else (the version's own COMPLETE came after its files).
     publish(local, out)
-    assert store.list_files(out) == want
-    assert main(["data", "validate", "--data", out, "--out", str(tmp_path / "report")]) == 0
+    first = published_files()
+    assert validates()
 
-    # A write that fails half-way (a file vanishes under it) leaves nothing behind.
+    # A rewrite that fails half-way (a file vanishes under it while it uploads) leaves
+    # the previous dataset as it was: current, whole, and nothing of the failed write.
     (local / "zz-vanished").symlink_to(local / "no-such-file")
     with pytest.raises(storage.StorageError, match="zz-vanished"):
         publish(local, out)
-    assert store.list_files(out) == []
+    assert store.list_files(out) == first
+    assert validates()
+
+    # A rewrite that succeeds leaves exactly the new version: no stale object.
+    (local / "zz-vanished").unlink()
+    publish(local, out)
+    assert published_files() != first
+    assert validates()

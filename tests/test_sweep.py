@@ -69,6 +69,54 @@ def test_sweep_finds_and_removes_only_what_killed_writes_left(
     assert "nothing to sweep" in capsys.readouterr().out
 
 
+def test_sweep_finds_what_interrupted_rewrites_left_beside_a_published_dataset(
+    dataset, s3_env, tmp_path, monkeypatch, capsys
+):
+    """A rewrite killed before its commit leaves a version no COMPLETE names; one killed
+    after it (before removing what it replaced) leaves the old version, or, over a
+    dataset written before versions, its files beside the new COMPLETE. Sweep lists and
+    removes just those; the current version and a report beside it stay."""
+    from components import storage
+    from components.datasets import dataset_metadata, publish
+    from components.s3_publish import current_root
+    from components.shard_check import inspect_shards
+    from components.sweep import find_leftovers
+    from tipsv2_core.data.layout import read_manifest
+
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    prefix = f"{ROOT}/rewritten"
+    publish(dataset, prefix)
+    current = current_root(prefix)
+    want = storage.list_files(prefix)
+    storage.write_bytes(f"{prefix}/validation/validation.json", b"{}")  # a report: not ours
+    killed = _killed_copy(dataset, tmp_path / "killed")
+    orphan = f"{prefix}/versions/v20200101T000000Z-0000beef"  # killed before its commit
+    storage.put_directory(killed, orphan)
+    superseded = f"{prefix}/versions/v20190101T000000Z-0000cafe"  # killed after it
+    storage.put_directory(dataset, superseded)
+    storage.put_directory(killed, prefix)  # a whole-prefix dataset's files, after it too
+    flat = sorted(storage.list_files(killed))
+
+    found = {f.uri: f for f in find_leftovers(prefix, 0)}
+    assert sorted(found) == [prefix, superseded, orphan]
+    assert sorted(found[prefix].names) == flat  # only those files: not COMPLETE, not versions
+    assert found[orphan].names == found[superseded].names == ()  # whole folders
+    # Seen from the bucket, the same; from the prefix's parent, too.
+    assert {f.uri for f in find_leftovers(ROOT, 0)} >= set(found)
+    assert current_root(prefix) == current
+
+    assert cli_main(["data", "sweep", prefix, "--min-age", "0s", "--delete"]) == 0
+    assert "removed: 3 incomplete roots" in capsys.readouterr().out
+    assert storage.list_files(prefix) == sorted([*want, "validation/validation.json"])
+    assert find_leftovers(prefix, 0) == []
+    with dataset_metadata(prefix) as (meta, root):  # still read whole, from its version
+        assert root == current
+        cols = read_manifest(meta).select(["key", "shard"]).to_pydict()
+        assert len(cols["key"]) == 12
+        assert {row["problem"] for row in inspect_shards(root, cols, 1)} == {""}
+
+
 def test_sweep_of_a_local_folder_and_bad_durations(dataset, tmp_path, capsys):
     from components.sweep import find_leftovers
 

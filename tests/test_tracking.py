@@ -43,6 +43,7 @@ from components.tracking import (
     readable_key,
     sanitize_key,
 )
+from tests.conftest import logged_in, stack_credentials
 from tipsv2_core.config import TrainConfig, apply_overrides, to_dict
 
 # MLflow's SQLAlchemy store trips a deprecation warning of SQLAlchemy 2.1 (research notes §c).
@@ -74,7 +75,8 @@ def stack_home(tmp_path_factory) -> Path:
     start = time.monotonic()
     stack.up(home)
     print(f"stack up in {time.monotonic() - start:.1f} s")
-    yield home
+    with logged_in(home):  # its MLflow server wants the generated credentials
+        yield home
     stack.down(home)
 
 
@@ -385,6 +387,8 @@ def test_no_secret_reaches_params_tags_metrics_or_artifacts(
     cfg.data.path = f"s3://{key}:{secret}@tipsv2/data"
     cfg.distill.teacher = f"s3://tipsv2/{key}/teacher"
     forbidden = [key, secret, "hf_" + "x" * 20, "hunter2-hunter2", "tok-9876543210", "user:pw"]
+    if backend.startswith("http"):  # and the server's own, which the client sends
+        forbidden.append(stack_env["MLFLOW_TRACKING_PASSWORD"])
     with Tracker(
         "train",
         config=cfg,
@@ -450,9 +454,11 @@ def train_data(tmp_path_factory) -> Path:
 def start_train(
     stack_env, data: Path, out: Path, *extra: str, ray: bool = False
 ) -> subprocess.Popen[str]:
-    """`tipsv2 train` as a user starts it, logging to the stack's MLflow server."""
+    """`tipsv2 train` as a user starts it, logging to the stack's MLflow server (with its
+    credentials in the environment, as after `source stack.env`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "AWS_"))}
     env.update(MLFLOW_DISABLE_TELEMETRY="true", TIPSV2_STACK="off")
+    env.update({k: stack_env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
     env.pop("TIPSV2_PIPELINE_RUN_ID", None)
     argv = [str(TIPSV2), "train", "--data", str(data), "--out", str(out), "--quiet"]
     argv += [] if ray else ["--no-ray"]
@@ -742,9 +748,10 @@ def test_runs_show_and_compare(cli_home):
 
 
 @pytest.mark.integration
-def test_runs_list_against_the_server(stack_env):
+def test_runs_list_against_the_server(stack_home, stack_env):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "AWS_"))}
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env |= stack_credentials(stack_home)  # as after `source stack.env`
     res = tipsv2(
         "runs", "list", "--tracking-uri", stack_env["MLFLOW_TRACKING_URI"], "--limit", "5",
         env=env,

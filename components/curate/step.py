@@ -6,8 +6,9 @@
    local loop with `workers=0` (execute.py).
 3. The driver deduplicates, writes shards, manifest, rejects and card into a temporary
    directory and renames it into place (tipsv2_core.data.curation.writer). An `s3://`
-   output is staged locally, uploaded, and marked COMPLETE last; its old COMPLETE is
-   removed first, so readers never take a half-replaced dataset for a complete one.
+   output is staged locally and uploaded as a new version of the prefix, which its
+   COMPLETE then names (components.s3_publish): readers see the previous dataset, whole,
+   until the new one is, and a run that fails on the way leaves the previous one as it was.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def curate(
             timing = {"seconds": round(seconds, 3), "workers": workers, "executor": executor}
             card = writer.commit({"timing": timing})
         if staging is not None:
-            publish(writer.path, out)  # COMPLETE last; a failed upload removes itself
+            publish(writer.path, out)  # a new version; COMPLETE switches readers last
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from components.settings import configure
+from components.settings import configure, load_stack_credentials
 from components.tracking.tags import (
     DEFAULT_EXPERIMENT,
     PARENT_TAG,
@@ -30,8 +30,14 @@ PARENT_SETTLE_S = 1.0
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """The explicit URI, else `$MLFLOW_TRACKING_URI`, else `configure()`'s (stack or SQLite)."""
+    """The explicit URI, else `$MLFLOW_TRACKING_URI`, else `configure()`'s (stack or SQLite).
+
+    An explicit URI that names the local stack's server also gets the stack's credentials
+    into the environment (`load_stack_credentials`): its server requires them.
+    """
     if tracking_uri:
+        if is_http_uri(tracking_uri):
+            load_stack_credentials(tracking_uri)
         return tracking_uri
     return configure().tracking_uri
 
@@ -52,6 +58,10 @@ class TrackingUnavailable(UserError, ConnectionError):
     """The tracking server does not answer; the message names it and what to do."""
 
 
+class TrackingAuthError(UserError, PermissionError):
+    """The tracking server refuses this client's credentials (or their absence)."""
+
+
 def require_reachable(tracking_uri: str | None = None, timeout: float = CONNECT_TIMEOUT_S) -> str:
     """The resolved tracking URI, after checking that a tracking server answers its
     health check within `timeout` seconds (local stores always do).
@@ -62,14 +72,55 @@ def require_reachable(tracking_uri: str | None = None, timeout: float = CONNECT_
     from components.settings import is_healthy, mlflow_health_url
 
     uri = resolve_tracking_uri(tracking_uri)
-    if is_http_uri(uri) and not is_healthy(mlflow_health_url(uri), timeout=timeout):
-        safe = re.sub(r"//[^/@]*@", "//", uri)  # never print credentials
+    if not is_http_uri(uri):
+        return uri
+    safe = re.sub(r"//[^/@]*@", "//", uri)  # never print credentials
+    if not is_healthy(mlflow_health_url(uri), timeout=timeout):
         raise TrackingUnavailable(
             f"tracking server {safe} does not answer its health check (timeout "
             f"{timeout:g} s); start it "
             "(`tipsv2 stack up`) or pass another --tracking-uri"
         )
+    code = _auth_refusal(uri, timeout)
+    if code is not None:
+        from components.settings import env_file
+
+        raise TrackingAuthError(
+            f"tracking server {safe} refused the request ({code}): it needs "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (the local stack's are "
+            f"in {env_file()}; `source` it, or run from the stack's TIPSV2_HOME)"
+        )
     return uri
+
+
+def _auth_refusal(uri: str, timeout: float) -> int | None:
+    """401 or 403 when the server refuses a cheap read with this environment's MLflow
+    credentials (as MLflow's client would send them), else None (also when it cannot be
+    asked: the command's own requests then report what is wrong)."""
+    import base64
+    import os
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    )
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if user and password:
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {basic}")
+    elif token:
+        request.add_header("Authorization", f"Bearer {token}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as e:
+        return e.code if e.code in (401, 403) else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def is_http_uri(uri: str) -> bool:

@@ -2,6 +2,7 @@
 # The local stack of real services for shells and CI, without activating the virtualenv:
 #
 #   bash infra/local/stack.sh up [--services s3,mlflow] [--s3-port N] [--mlflow-port N]
+#                                [--no-auth: MLflow without authentication, single-user only]
 #   bash infra/local/stack.sh status [--json]
 #   bash infra/local/stack.sh down
 #   source "${TIPSV2_HOME:-.tipsv2}/stack/stack.env"   # the stack's credentials and URLs

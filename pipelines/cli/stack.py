@@ -88,9 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--auth",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="put the MLflow server behind Basic auth with generated credentials, in "
-        "stack.env as MLFLOW_TRACKING_USERNAME/PASSWORD (default: the previous up's choice, "
-        "first off); --no-auth turns it off. Switching needs `down` first",
+        help="the MLflow server behind Basic auth with generated credentials, in stack.env "
+        "as MLFLOW_TRACKING_USERNAME/PASSWORD (the default). --no-auth: no authentication, "
+        "for a single-user machine only (kept for later `up`s until --auth). Switching a "
+        "running server needs `down` first",
     )
     up.set_defaults(handler=run_up)
 
@@ -116,7 +117,8 @@ def _print_status(status: StackStatus) -> None:
     for s in status.services:
         url = s.url or "-"
         pid = f"pid {s.pid}" if s.pid else ""
-        print(f"{s.name:<7} {s.state:<10} {url:<24} {pid}")
+        auth = "  (no authentication)" if s.auth is False and s.running else ""
+        print(f"{s.name:<7} {s.state:<10} {url:<24} {pid}{auth}".rstrip())
     print(f"env file {status.env_file}")
     print(f"buckets  {', '.join('s3://' + b for b in status.buckets)}")
     print(f"logs     {status.services[0].log.parent}")
@@ -140,6 +142,9 @@ def run_up(args: argparse.Namespace) -> int:
     status = stack.status(args.home)
     for name, action in actions.items():
         print(f"{name:<7} {action:<16} {status.service(name).url}")
+    note = _auth_note(status, stack.auth_opted_out(args.home))
+    if note:
+        print(f"tipsv2 stack up: note: {note}", file=sys.stderr)
     if getattr(args, "serve", False):
         from components import stack_serve
 
@@ -151,6 +156,19 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"{'serve':<7} {action:<16} {stack_serve.url(args.home)}")
     print(f"env file {status.env_file} (mode 600; `source` it to use the stack from a shell)")
     return 0
+
+
+def _auth_note(status: StackStatus, opted_out: bool) -> str | None:
+    """One line when the running MLflow server has no authentication, else None."""
+    mlflow = status.service("mlflow")
+    if not mlflow.running or mlflow.auth is not False:
+        return None
+    if opted_out:
+        return "mlflow has no authentication (--no-auth): anyone on this machine can use it"
+    return (
+        "mlflow runs without authentication (started before it became the default); "
+        "`tipsv2 stack down` and `up` turn it on, `up --no-auth` keeps it off"
+    )
 
 
 def run_down(args: argparse.Namespace) -> int:
