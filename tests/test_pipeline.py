@@ -551,6 +551,34 @@ def _task(run_dir: Path, path: str, params: dict | None = None, **artifacts: dic
     (folder / "executor_output.json").write_text(json.dumps(doc))
 
 
+def test_summary_points_at_the_tracking_server_and_its_login(tmp_path, monkeypatch):
+    """A run tracked on a server is looked at in a browser, not with `mlflow ui
+    --backend-store-uri http://…`; for the local stack's server the summary names where
+    its login is (the env file), never the password itself."""
+    home = tmp_path / "home"
+    (home / "stack").mkdir(parents=True)
+    env_file = home / "stack" / "stack.env"
+    env_file.write_text(
+        "export MLFLOW_TRACKING_URI=http://127.0.0.1:5999\n"
+        "export MLFLOW_TRACKING_USERNAME=tipsv2\n"
+        "export MLFLOW_TRACKING_PASSWORD=s3cret-pass\n"
+    )
+    monkeypatch.setenv("TIPSV2_HOME", str(home))
+
+    def mlflow_line(uri: str) -> str:
+        text = format_summary({"status": "SUCCEEDED", "tracking_uri": uri})
+        return next(line for line in text.splitlines() if line.startswith("mlflow:"))
+
+    line = mlflow_line("http://127.0.0.1:5999")
+    assert "http://127.0.0.1:5999" in line and str(env_file) in line
+    assert "mlflow ui" not in line and "s3cret-pass" not in line
+    other = mlflow_line("https://tracking.example.org")  # someone else's server
+    assert other.split()[-1] == "https://tracking.example.org"
+    assert mlflow_line("sqlite:///x/mlflow.db").endswith(
+        "mlflow ui --backend-store-uri sqlite:///x/mlflow.db"
+    )
+
+
 def test_summary_from_task_outputs(tmp_path):
     run = tmp_path / "tipsv2-2026-01-01"
     metric = "eval/zeroshot_seg/synth/miou"

@@ -588,6 +588,25 @@ def log_to_parent(summary: Mapping[str, Any], text: str) -> str | None:
     return None
 
 
+def _mlflow_hint(tracking_uri: str | None) -> str | None:
+    """How to look at the run: a tracking server is opened in a browser (the local stack's
+    asks for the login its env file holds), a local store through `mlflow ui`."""
+    if not tracking_uri:
+        return None
+    if not tracking_uri.startswith(("http://", "https://")):
+        return f"mlflow ui --backend-store-uri {tracking_uri}"
+    from components.settings import env_file, read_env_file, tipsv2_home
+
+    path = env_file(tipsv2_home(os.environ))
+    try:
+        stack = read_env_file(path) if path.is_file() else {}
+    except OSError:
+        stack = {}
+    if stack.get("MLFLOW_TRACKING_USERNAME") and stack.get("MLFLOW_TRACKING_URI") == tracking_uri:
+        return f"{tracking_uri} (login: MLFLOW_TRACKING_USERNAME / _PASSWORD in {path})"
+    return tracking_uri
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -649,7 +668,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         *[("eval report", r) for r in summary.get("reports") or []],
         ("onnx model", summary.get("onnx_model")),
         ("run log", summary.get("log")),
-        ("mlflow", f"mlflow ui --backend-store-uri {summary.get('tracking_uri')}"),
+        ("mlflow", _mlflow_hint(summary.get("tracking_uri"))),
     ]
     lines += [f"{k + ':':<19}{v}" for k, v in where if v]
     return "\n".join(lines)
