@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -186,21 +187,27 @@ def visible_parts(out: Path) -> list[Path]:
     return [p for p in (out / PARTS_DIR).glob("*.parquet") if not p.name.startswith(".")]
 
 
+def _kill_once(cmd: list[str], written: Callable[[], object]) -> None:
+    """Runs `cmd` and SIGKILLs it as soon as `written()` is truthy (a part on disk): a
+    write killed half-way, as a lost machine leaves it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not written():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no part was written within 240 s"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+
+
 def test_a_killed_run_leaves_only_whole_parts_and_the_rerun_finishes(export, dataset, tmp_path):
     out = tmp_path / "emb"
     # 448 px on one core: a few seconds per shard, time to kill it between parts.
     cmd = [TIPSV2, "embed", "dataset", "--model", str(export),
            "--data", str(dataset), "--out", str(out), "--workers", "0", "--image-size", "448",
            "--batch-size", "2", "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not visible_parts(out):
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    _kill_once(cmd, lambda: visible_parts(out))
     shards = len(open_dataset(dataset).shards())
     parts = visible_parts(out)
     assert 1 <= len(parts) < shards, "the run finished before it could be killed"
@@ -229,15 +236,7 @@ def test_a_killed_forced_rewrite_leaves_the_previous_embeddings(
     cmd = [TIPSV2, "embed", "dataset", "--model", str(export), "--data", str(dataset),
            "--out", str(out), "--workers", "0", "--image-size", "448", "--batch-size", "2",
            "--force", "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not [p for w in tmp_path.glob(".emb.tmp-*") for p in visible_parts(w)]:
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    _kill_once(cmd, lambda: [p for w in tmp_path.glob(".emb.tmp-*") for p in visible_parts(w)])
     after = load_embeddings(out)  # still complete, with the old settings
     assert after.keys == before.keys and read_manifest(out).settings.image_size == SIZE
     np.testing.assert_array_equal(after.vectors["cls1"], before.vectors["cls1"])
