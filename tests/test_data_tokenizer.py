@@ -96,3 +96,22 @@ def test_cli(dataset, tmp_path):
     info = json.loads((tmp_path / "t" / INFO_FILE).read_text())
     assert f"wrote {tmp_path / 't' / MODEL_FILE}" in printed.getvalue()
     assert info["sha256"][:16] in printed.getvalue() and info["dataset"]["split"] is None
+
+
+def test_training_writes_across_filesystems(tmp_path, monkeypatch, caption_corpus):
+    """The model is trained in a temporary folder and must reach an output on another
+    filesystem (a volume mounted into a pod): a plain rename fails there with EXDEV."""
+    import shutil
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a filesystem of its own")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out = Path(tempfile.mkdtemp(dir=shm)) / "tokenizer.model"
+    try:
+        train_tokenizer(caption_corpus, out, vocab_size=50)
+        assert Tokenizer(str(out))(["a red star"], 8)[0][0][0] != 0  # a model that loads
+        assert sorted(p.name for p in out.parent.iterdir()) == ["tokenizer.model"]
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)

@@ -271,20 +271,12 @@ def test_validate_passes_and_writes_its_report(image, work, dataset):
 @pytest.fixture(scope="module")
 def trained(image, work, dataset) -> Path:
     """A few steps of the demo recipe on Ray (one worker), as the DAG's pretrain step."""
-    # TMPDIR on the mounted volume: the tokenizer trainer moves its model out of a
-    # temporary folder with os.replace, which fails across filesystems (EXDEV) when the
-    # output lies on a mounted volume, as on a pod's; see
-    # test_tokenizer_training_writes_across_filesystems.
-    tmp = work / "tmp"
-    tmp.mkdir()
-    os.chown(tmp, IMAGE_UID, IMAGE_UID)
     res = in_image(
         image, work,
         "tipsv2", "train", "--recipe", "demo", "--data", f"{WORK}/synth", "--out",
         f"{WORK}/run", "--workers", "1", "--no-track", "--quiet",
         "--set", f"stages.0.steps={SMOKE_STEPS}", "--set", f"stages.0.batch_size={SMOKE_BATCH}",
         "--set", "data.workers=0",
-        env={"TMPDIR": f"{WORK}/tmp"},
     )  # fmt: skip
     summary = last_json(check(res, "tipsv2 train"))
     assert summary["steps"] == SMOKE_STEPS and summary["resumed_from"] == 0
@@ -487,30 +479,6 @@ def test_a_component_runs_through_kfps_executor_in_the_image(executors, image, w
     check(in_image(image, work, *preflight["command"], *args), "the preflight component")
     result = json.loads((outputs / "executor_output.json").read_text())
     assert result["parameterValues"]["Output"] == ["nano14"]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="tipsv2_core.text.train_tokenizer moves its model out of a temporary folder "
-    "with os.replace, which fails (EXDEV) when the output lies on another filesystem, "
-    "e.g. a volume mounted into a container; once fixed, drop TMPDIR in `trained`",
-)
-def test_tokenizer_training_writes_across_filesystems(tmp_path, monkeypatch, caption_corpus):
-    import tempfile
-
-    from tipsv2_core.text import train_tokenizer
-
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
-        pytest.skip("needs /dev/shm on a filesystem of its own")
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    out = Path(tempfile.mkdtemp(dir=shm)) / "tokenizer.model"
-    try:
-        train_tokenizer(caption_corpus, out, vocab_size=50)
-        assert out.is_file()
-    finally:
-        shutil.rmtree(out.parent, ignore_errors=True)
 
 
 # ---- the whole DAG, each step in its own container (kfp.local DockerRunner) --------------

@@ -7,6 +7,7 @@ truncated or padded to `max_len` = 64. `paddings` is 1 at pad positions.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -117,5 +118,14 @@ def train_tokenizer(
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
         )
-        os.replace(prefix.with_suffix(".model"), out_path)
+        # Copied to a hidden file beside `out_path`, then renamed: a rename out of the
+        # temporary folder fails (EXDEV) where `out_path` lies on another filesystem (a
+        # volume mounted into a pod), and a copy straight to `out_path` could leave half
+        # a model there.
+        staged = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+        try:
+            shutil.copyfile(prefix.with_suffix(".model"), staged)
+            os.replace(staged, out_path)
+        finally:
+            staged.unlink(missing_ok=True)
     return out_path
