@@ -923,7 +923,7 @@ def test_a_killed_s3_rewrite_leaves_the_previous_dataset_and_sweep_finds_the_res
     assert validates()
 
     res = run("data", "sweep", out, "--min-age", "0s", "--delete")
-    assert res.returncode == 0 and "removed: 1 incomplete roots" in res.stdout, res.stdout
+    assert res.returncode == 0 and "removed: 1 left-over root of" in res.stdout, res.stdout
     assert store.list_files(out) == before
 
     assert run(*argv[1:]).returncode == 0  # a rewrite that finishes

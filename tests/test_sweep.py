@@ -60,7 +60,7 @@ def test_sweep_finds_and_removes_only_what_killed_writes_left(
     assert storage.list_files(f"{ROOT}/killed")  # a dry run deletes nothing
 
     assert cli_main(["data", "sweep", ROOT, "--min-age", "0s", "--delete"]) == 0
-    assert "removed: 2 incomplete roots" in capsys.readouterr().out
+    assert "removed: 2 left-over roots of" in capsys.readouterr().out
     assert storage.list_files(f"{ROOT}/killed") == []
     assert storage.list_files(f"{ROOT}/deep") == []
     assert COMPLETE_FILE in storage.list_files(f"{ROOT}/good")
@@ -107,7 +107,7 @@ def test_sweep_finds_what_interrupted_rewrites_left_beside_a_published_dataset(
     assert current_root(prefix) == current
 
     assert cli_main(["data", "sweep", prefix, "--min-age", "0s", "--delete"]) == 0
-    assert "removed: 3 incomplete roots" in capsys.readouterr().out
+    assert "removed: 3 left-over roots of" in capsys.readouterr().out
     assert storage.list_files(prefix) == sorted([*want, "validation/validation.json"])
     assert find_leftovers(prefix, 0) == []
     with dataset_metadata(prefix) as (meta, root):  # still read whole, from its version

@@ -136,7 +136,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(f"{f.uri}  {f.objects} files, {f.bytes / 1e6:.1f} MB, newest {age} ago")
     objects, size = sum(f.objects for f in found), sum(f.bytes for f in found) / 1e6
     verb = "removed" if args.delete else "would remove (--delete to do it)"
-    print(f"{verb}: {len(found)} incomplete roots, {objects} files, {size:.1f} MB")
+    what = "left-over root" if len(found) == 1 else "left-over roots"
+    what += " of killed or replaced writes"
+    print(f"{verb}: {len(found)} {what}, {objects} files, {size:.1f} MB")
     return 0
 
 
