@@ -43,10 +43,6 @@ def is_remote(uri: str | os.PathLike[str]) -> bool:
     return storage.parse(uri).is_s3
 
 
-def _child(uri: str, name: str) -> str:
-    return f"{uri.rstrip('/')}/{name}"
-
-
 @contextlib.contextmanager
 def metadata_dir(uri: str | os.PathLike[str]) -> Iterator[Path]:
     """Yields a local folder holding the dataset's manifest, card and (optional) rejects.
@@ -106,14 +102,14 @@ def _download_metadata(uri: str, folder: Path) -> str:
             )
         try:
             for name in (MANIFEST_FILE, CARD_FILE):
-                storage.download_file(_child(root, name), folder / name)
-            if storage.exists(_child(root, REJECTED_FILE)):
-                storage.download_file(_child(root, REJECTED_FILE), folder / REJECTED_FILE)
+                storage.download_file(storage.child(root, name), folder / name)
+            if storage.exists(storage.child(root, REJECTED_FILE)):
+                storage.download_file(storage.child(root, REJECTED_FILE), folder / REJECTED_FILE)
             return root
         except FileNotFoundError as e:
             if attempt < READ_ATTEMPTS and current_root(uri) != root:
                 continue  # replaced while we read: read the new version
-            missing = getattr(e, "uri", None) or _child(root, MANIFEST_FILE)
+            missing = getattr(e, "uri", None) or storage.child(root, MANIFEST_FILE)
             raise DatasetError(f"{missing}: missing") from None
 
 

@@ -54,10 +54,6 @@ _VERSION = re.compile(rf"^{VERSIONS_DIR}/v\d{{8}}T\d{{6}}Z-[0-9a-f]{{8}}$")
 _VERSION_AT_END = re.compile(rf"(?:^|/){VERSIONS_DIR}/v\d{{8}}T\d{{6}}Z-[0-9a-f]{{8}}$")
 
 
-def _child(uri: str, name: str) -> str:
-    return f"{uri.rstrip('/')}/{name}"
-
-
 def new_version() -> str:
     """A fresh version folder name, relative to the prefix."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -97,13 +93,13 @@ def current_root(uri: str | os.PathLike[str]) -> str | None:
     version its `COMPLETE` names, the prefix itself for an empty `COMPLETE`, or None while
     the prefix has no `COMPLETE` (never written, or a write that has not finished)."""
     text = os.fspath(uri).rstrip("/")
-    marker = _child(text, COMPLETE_FILE)
+    marker = storage.child(text, COMPLETE_FILE)
     try:
         data = storage.read_bytes(marker)
     except storage.NotFound:
         return None
     version = parse_pointer(data, marker)
-    return text if version is None else _child(text, version)
+    return text if version is None else storage.child(text, version)
 
 
 def publish(local: str | os.PathLike[str], out: str) -> str:
@@ -122,14 +118,14 @@ def publish(local: str | os.PathLike[str], out: str) -> str:
     store = storage.default_storage()
     before = store.list_files(out)  # what the commit supersedes: removed after it
     version = new_version()
-    target = _child(out, version)
-    marker = _child(out, COMPLETE_FILE)
+    target = storage.child(out, version)
+    marker = storage.child(out, COMPLETE_FILE)
     pointer = (json.dumps({"version": version}) + "\n").encode()
     try:
         # The version's own COMPLETE after its files, so that a download of it is
         # complete or refused; then the pointer, the commit.
         store.put_directory(root, target, skip=(COMPLETE_FILE,))
-        store.write_bytes(_child(target, COMPLETE_FILE), b"")
+        store.write_bytes(storage.child(target, COMPLETE_FILE), b"")
         store.write_bytes(marker, pointer)
     except BaseException:
         # A PUT whose answer was lost (or interrupted) may still have landed: a committed

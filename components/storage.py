@@ -121,6 +121,11 @@ class Location:
         return Location(uri=f"s3://{self.bucket}/{key}", bucket=self.bucket, key=key)
 
 
+def child(uri: str, name: str) -> str:
+    """`name` inside the folder or prefix `uri` (a path, file:// or s3:// URI)."""
+    return f"{uri.rstrip('/')}/{name}"
+
+
 def parse(uri: str | os.PathLike[str]) -> Location:
     """Parses a plain path, `file://…` or `s3://bucket/prefix`; other schemes are an error."""
     text = os.fspath(uri)

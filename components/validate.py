@@ -251,7 +251,7 @@ class ValidationResult:
 
     def message(self) -> str:
         """A human summary: a one-liner on success, every failed check with examples else."""
-        where = f"; report: {_child(self.out, HTML_FILE)}" if self.out else ""
+        where = f"; report: {storage.child(self.out, HTML_FILE)}" if self.out else ""
         if self.success:
             return (
                 f"validation passed: {len(self.checks)} checks on {self.data} "
@@ -300,10 +300,6 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _row(example: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in example.items()) + "}"
-
-
-def _child(uri: str, name: str) -> str:
-    return f"{uri.rstrip('/')}/{name}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -807,8 +803,8 @@ def _write_report(result: ValidationResult, config: ValidationConfig, out: str) 
 
         configure()  # the stack's S3 variables, unless the environment names a store
     doc = json.dumps(result.to_json(config), indent=2, default=str) + "\n"
-    storage.write_bytes(_child(out, RESULT_FILE), doc.encode())
-    storage.write_bytes(_child(out, HTML_FILE), _html(result).encode())
+    storage.write_bytes(storage.child(out, RESULT_FILE), doc.encode())
+    storage.write_bytes(storage.child(out, HTML_FILE), _html(result).encode())
 
 
 def validate(
@@ -833,7 +829,7 @@ def validate(
     checks = tuple(_check_results(batches, suites))
     target = None
     if write:
-        target = os.fspath(out) if out is not None else _child(uri, DEFAULT_OUT)
+        target = os.fspath(out) if out is not None else storage.child(uri, DEFAULT_OUT)
     result = ValidationResult(
         data=uri,
         success=all(c.success for c in checks),
