@@ -43,27 +43,21 @@ the no-telemetry variables (`settings.TELEMETRY_OFF`).
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
-import random
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from components.settings import (
     ARTIFACT_BUCKET,
     DATA_BUCKET,
-    TELEMETRY_OFF,
     env_file,
     is_healthy,
     mlflow_health_url,
@@ -72,46 +66,27 @@ from components.settings import (
     stack_dir,
     tipsv2_home,
 )
-from tipsv2_core.errors import UserError
+from components.stack_ports import HOST, choose_port, free_port
+from components.stack_procs import (
+    StackError,
+    child_env,
+    log_tail,
+    open_private,
+    other_mlflow_on,
+    running_pid,
+    spawn,
+    terminate,
+    wait_healthy,
+    write_private,
+)
 
-HOST = "127.0.0.1"
 SERVICES = ("s3", "mlflow")  # start order; `down` stops in reverse
 REGION = "us-east-1"
 ARTIFACTS_DESTINATION = f"s3://{ARTIFACT_BUCKET}/artifacts"
 VOLUME_NAME = "tipsv2"
 
-# The no-telemetry switches (these machines have no way out), plus the S3 checksum mode
-# the MinIO-dialect gateway needs for streaming uploads.
-CHILD_ENV = {
-    **TELEMETRY_OFF,
-    "DO_NOT_TRACK": "1",
-    "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
-    # MLflow 3's job runner (GenAI scorers) forks a dozen huey workers; the stack does not
-    # use it and the machines have 2 cores.
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-}
-# Variables a child must not inherit from the caller: they would point the MLflow server
-# at other S3 credentials or endpoints than the stack's gateway, or hand the model server
-# the caller's credentials for some other tracking server.
-SCRUBBED_ENV = (
-    "AWS_PROFILE",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_ENDPOINT_URL_S3",
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_S3_ENDPOINT_URL",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-)
-
 GATEWAY_TIMEOUT_S = 30.0
 MLFLOW_TIMEOUT_S = 180.0  # ~7 s idle, much longer on 2 busy cores
-STOP_TIMEOUT_S = 20.0
-
-
-class StackError(UserError, RuntimeError):
-    """A service could not be started, stopped or found; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -217,265 +192,16 @@ class StackStatus:
         }
 
 
-# Processes started by this interpreter, so that `down` in the same process (the tests)
-# can reap them instead of leaving zombies that still answer kill(pid, 0).
-_SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
-
-
 def paths(home: Path | None = None) -> StackPaths:
     """The stack's files for `home` (default `$TIPSV2_HOME`)."""
     return StackPaths(Path(home).resolve() if home else tipsv2_home())
 
 
 # ---------------------------------------------------------------------------------------
-# processes
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, process group) from /proc, or None where it is unreadable."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
-    fields = text.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[2])
-
-
-def _reap(pid: int) -> None:
-    """Collects the exit status of a process this interpreter started, once it has ended.
-
-    Otherwise it stays a zombie, and after we exit it is handed to PID 1, which in some
-    containers never reaps.
-    """
-    proc = _SPAWNED.pop(pid, None)
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie counts as gone)."""
-    proc = _SPAWNED.get(pid)
-    if proc is not None and proc.poll() is not None:
-        _reap(pid)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = _proc_stat(pid)
-    if stat is not None and stat[0] == "Z":
-        _reap(pid)
-        return False
-    return True
-
-
-def _is_service(pid: int, service: str) -> bool:
-    """Guards against a reused pid: the process's command line must name the service."""
-    # "serve": the optional model server (components.stack_serve).
-    marker = {"s3": b"juicefs", "mlflow": b"mlflow", "serve": b"components.serving"}[service]
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # no /proc (macOS): trust the pid file
-    return marker in cmdline
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while any non-zombie process of the group `pgid` is left."""
-    proc = _SPAWNED.get(pgid)
-    if proc is not None:
-        proc.poll()  # reap our own leader, or killpg(pgid, 0) keeps seeing its zombie
-    proc_dir = Path("/proc")
-    if not proc_dir.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    for entry in proc_dir.iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] == pgid and stat[0] != "Z":
-                return True
-    return False
-
-
-def _read_pid(p: StackPaths, service: str) -> int | None:
-    try:
-        return int(p.pid_file(service).read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _running_pid(p: StackPaths, service: str) -> int | None:
-    """The pid (and process group) of the service if its pid file names a live process of
-    that service, or a session of its own that still has live members.
-
-    A service is started as the leader of a new session; its workers (MLflow's) stay in
-    that session. A leader killed on its own (`kill -9 PID`) leaves them answering on
-    the service's port, so the service counts as running until the whole group is gone.
-    """
-    pid = _read_pid(p, service)
-    if pid is None:
-        return None
-    if _alive(pid):
-        return pid if _is_service(pid, service) else None
-    return pid if _session_members(pid) else None
-
-
-def _session_members(sid: int) -> list[int]:
-    """Live (non-zombie) processes of the session `sid` that are in its first process group
-    (the one a service's leader made); a reused pid cannot name a session that exists."""
-    proc_dir = Path("/proc")
-    if not proc_dir.is_dir():
-        return []
-    members = []
-    for entry in proc_dir.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (proc_dir / entry.name / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == sid and int(fields[3]) == sid:
-            members.append(int(entry.name))
-    return members
-
-
-def _other_mlflow_on(db: Path) -> int | None:
-    """The pid of a live MLflow server whose backend store is `db`, if any (a second
-    server on one SQLite file would race the first one's writes)."""
-    want = f"sqlite:///{db}".encode()
-    proc_dir = Path("/proc")
-    if not proc_dir.is_dir():
-        return None
-    for entry in proc_dir.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            if b"mlflow" not in cmdline:
-                continue
-            # `mlflow server` hands the store to its web server child in the environment.
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        stores = (b"_MLFLOW_SERVER_FILE_STORE=" + want, b"MLFLOW_BACKEND_STORE_URI=" + want)
-        if want in cmdline.split(b"\0") or any(v in environ for v in stores):
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[0] != "Z":
-                return int(entry.name)
-    return None
-
-
-def _terminate(pgid: int, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM to the whole process group (MLflow has worker children), SIGKILL if it lingers."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _group_alive(pgid):
-                _reap(pgid)
-                return
-            time.sleep(0.1)
-    if _group_alive(pgid):
-        raise StackError(f"process group {pgid} survived SIGKILL")
-    _reap(pgid)
-
-
-def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    env.update(CHILD_ENV)
-    env.update(extra)
-    return env
-
-
-def _spawn(p: StackPaths, service: str, cmd: Sequence[str], env: Mapping[str, str]) -> int:
-    """Starts `cmd` in its own session (it outlives the CLI; `down` signals the group)."""
-    log_path = p.log_file(service)
-    with _open_private(log_path, "ab") as log:
-        log.write(f"\n=== {service} starting at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            list(cmd),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=p.root,
-            start_new_session=True,
-        )
-    _SPAWNED[proc.pid] = proc
-    _write_private(p.pid_file(service), f"{proc.pid}\n")
-    return proc.pid
-
-
-def _log_tail(p: StackPaths, service: str, secret_values: Sequence[str], lines: int = 15) -> str:
-    try:
-        text = p.log_file(service).read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    tail = "\n".join(text.splitlines()[-lines:])
-    for value in secret_values:  # belt and braces: no service should ever log them
-        if value:
-            tail = tail.replace(value, "***")
-    return tail
-
-
-def _wait_healthy(
-    p: StackPaths, service: str, pid: int, url: str, timeout: float, secret_values: Sequence[str]
-) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while time.monotonic() < deadline:
-        if is_healthy(url):
-            return
-        if not _alive(pid):
-            p.pid_file(service).unlink(missing_ok=True)
-            raise StackError(
-                f"{service} exited during start-up; last lines of {p.log_file(service)}:\n"
-                + _log_tail(p, service, secret_values)
-            )
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
-    _terminate(pid)
-    p.pid_file(service).unlink(missing_ok=True)
-    raise StackError(
-        f"{service} not healthy at {url} after {timeout:.0f} s (stopped it); last lines of "
-        f"{p.log_file(service)}:\n" + _log_tail(p, service, secret_values)
-    )
-
-
-# ---------------------------------------------------------------------------------------
 # files
 
 
-@contextlib.contextmanager
-def _open_private(path: Path, mode: str) -> Iterator[IO[Any]]:
-    """Opens `path` created with mode 600 (the umask cannot widen it)."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, mode) as f:
-        yield f
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Writes `text` atomically into a mode-600 file (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _open_private(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _read_state(p: StackPaths) -> dict[str, dict[str, Any]]:
+def read_state(p: StackPaths) -> dict[str, dict[str, Any]]:
     try:
         return json.loads(p.state.read_text())
     except (OSError, ValueError):
@@ -533,7 +259,7 @@ def _write_env_file(
     if mlflow_creds is not None:  # what MLflow's client sends as Basic credentials
         lines.append(f"export MLFLOW_TRACKING_USERNAME={mlflow_creds[0]}")
         lines.append(f"export MLFLOW_TRACKING_PASSWORD={mlflow_creds[1]}")
-    _write_private(p.env_file, "\n".join(lines) + "\n")
+    write_private(p.env_file, "\n".join(lines) + "\n")
 
 
 @contextlib.contextmanager
@@ -547,68 +273,6 @@ def _locked(p: StackPaths) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-# ---------------------------------------------------------------------------------------
-# ports
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # Servers bind with SO_REUSEADDR: do the same, or a port in TIME_WAIT after `down`
-        # would look taken and a restart would move the stack to new URLs.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError as e:
-            if e.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
-
-
-# Ports are drawn below the kernel's ephemeral range (where it picks the source port of
-# every outgoing connection, and port 0 binds) and above Ray's worker ports (10002-19999):
-# a port the stack used stays free between `down` and the next `up`, so its URLs, and
-# the env file, survive a restart.
-PORT_RANGE = (20000, 32000)
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _free_port(exclude: Collection[int] = ()) -> int:
-    """A free port from PORT_RANGE (below the ephemeral range); `exclude` holds ports
-    already handed out in this call."""
-    low, high = PORT_RANGE[0], min(PORT_RANGE[1], _ephemeral_low() - 1)
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randint(low, high)
-        if port not in exclude and _port_free(port):
-            return port
-    while True:  # a crowded range: let the kernel choose
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = int(s.getsockname()[1])
-        if port not in exclude:
-            return port
-
-
-def _choose_port(
-    name: str, requested: int | None, previous: int | None, exclude: Collection[int]
-) -> int:
-    """An explicit port must be free; else the port of the last run if free; else any."""
-    if requested:
-        if requested in exclude or not _port_free(requested):
-            raise StackError(f"{name}: port {requested} on {HOST} is already in use")
-        return requested
-    if previous and previous not in exclude and _port_free(previous):
-        return previous
-    return _free_port(exclude)
 
 
 # ---------------------------------------------------------------------------------------
@@ -641,21 +305,21 @@ def _format_volume(p: StackPaths, env: Mapping[str, str]) -> None:
         "--storage", "file", "--bucket", f"{p.volume / 'blocks'}/",
         p.meta_url, VOLUME_NAME,
     ]  # fmt: skip
-    with _open_private(p.log_file("s3"), "ab") as log:
+    with open_private(p.log_file("s3"), "ab") as log:
         done = subprocess.run(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=dict(env)
         )
     if done.returncode != 0:
         (p.volume / "meta.db").unlink(missing_ok=True)
         raise StackError(
-            f"juicefs format failed; last lines of {p.log_file('s3')}:\n" + _log_tail(p, "s3", [])
+            f"juicefs format failed; last lines of {p.log_file('s3')}:\n" + log_tail(p, "s3", [])
         )
 
 
 def _start_gateway(
     p: StackPaths, port: int, metrics_port: int, creds: tuple[str, str], timeout: float
 ) -> int:
-    env = _child_env({"MINIO_ROOT_USER": creds[0], "MINIO_ROOT_PASSWORD": creds[1]})
+    env = child_env({"MINIO_ROOT_USER": creds[0], "MINIO_ROOT_PASSWORD": creds[1]})
     _format_volume(p, env)
     cmd = [
         _juicefs(), "gateway",
@@ -666,8 +330,8 @@ def _start_gateway(
         "--metrics", f"{HOST}:{metrics_port}",  # the default port would clash between stacks
         p.meta_url, f"{HOST}:{port}",
     ]  # fmt: skip
-    pid = _spawn(p, "s3", cmd, env)
-    _wait_healthy(p, "s3", pid, s3_health_url(f"http://{HOST}:{port}"), timeout, creds)
+    pid = spawn(p, "s3", cmd, env)
+    wait_healthy(p, "s3", pid, s3_health_url(f"http://{HOST}:{port}"), timeout, creds)
     return pid
 
 
@@ -715,8 +379,8 @@ def _start_mlflow(
     }
     if mlflow_creds is not None:  # in its environment only, never on its command line
         extra |= {stack_auth.USER_ENV: mlflow_creds[0], stack_auth.PASSWORD_ENV: mlflow_creds[1]}
-    env = _child_env(extra)
-    other = _other_mlflow_on(p.mlflow_db)
+    env = child_env(extra)
+    other = other_mlflow_on(p.mlflow_db)
     if other is not None:
         raise StackError(
             f"another MLflow server (pid {other}) already uses {p.mlflow_db}; stop it "
@@ -733,9 +397,9 @@ def _start_mlflow(
     if mlflow_creds is not None:
         cmd += ["--app-name", stack_auth.APP_NAME]
     secret_values = [*creds, *(mlflow_creds or ())]
-    pid = _spawn(p, "mlflow", cmd, env)
+    pid = spawn(p, "mlflow", cmd, env)
     health = mlflow_health_url(f"http://{HOST}:{port}")
-    _wait_healthy(p, "mlflow", pid, health, timeout, secret_values)
+    wait_healthy(p, "mlflow", pid, health, timeout, secret_values)
     return pid
 
 
@@ -776,8 +440,8 @@ def up(
         for d in (p.logs, p.run, p.volume):
             d.mkdir(parents=True, exist_ok=True)
         creds = _credentials(p)
-        state = _read_state(p)
-        pids = {s: _running_pid(p, s) for s in SERVICES}
+        state = read_state(p)
+        pids = {s: running_pid(p, s) for s in SERVICES}
         ports: dict[str, int] = {s: state[s]["port"] for s in SERVICES if s in state}
         for s in SERVICES:
             if pids[s] is not None and s not in ports:
@@ -791,8 +455,8 @@ def up(
                 if s in wanted:
                     requested = s3_port if s == "s3" else mlflow_port
                     taken = {port for other, port in ports.items() if other != s}
-                    ports[s] = _choose_port(s, requested, ports.get(s), taken)
-        metrics_port = _free_port(set(ports.values()))
+                    ports[s] = choose_port(s, requested, ports.get(s), taken)
+        metrics_port = free_port(set(ports.values()))
         previous = state.get("mlflow", {})
         if "mlflow" in wanted or pids["mlflow"] is not None:
             secured, opted_out = _auth_mode(previous, auth, pids["mlflow"])
@@ -815,7 +479,7 @@ def up(
                 # A service that is still starting (another `up` just launched it) may
                 # answer soon: give it the usual wait before calling it broken.
                 secret_values = [*creds, *(mlflow_creds or ())]
-                _wait_healthy(p, s, pid, _health_url(s, url), _timeout(s, timeout), secret_values)
+                wait_healthy(p, s, pid, _health_url(s, url), _timeout(s, timeout), secret_values)
                 actions[s] = "already running"
             elif s == "s3":
                 _start_gateway(p, ports["s3"], metrics_port, creds, _timeout(s, timeout))
@@ -879,11 +543,11 @@ def down(home: Path | None = None) -> dict[str, str]:
         return dict.fromkeys(SERVICES, "not running")
     with _locked(p):
         for s in reversed(SERVICES):  # MLflow first: it writes into the gateway
-            pid = _running_pid(p, s)
+            pid = running_pid(p, s)
             if pid is None:
                 actions[s] = "not running"
             else:
-                _terminate(pid)
+                terminate(pid)
                 actions[s] = "stopped"
             p.pid_file(s).unlink(missing_ok=True)
     return {s: actions[s] for s in SERVICES}
@@ -892,16 +556,16 @@ def down(home: Path | None = None) -> dict[str, str]:
 def auth_opted_out(home: Path | None = None) -> bool:
     """True when MLflow is off authentication by a user's `--no-auth` (not merely started
     before authentication became the default)."""
-    return bool(_read_state(paths(home)).get("mlflow", {}).get("auth_opt_out", False))
+    return bool(read_state(paths(home)).get("mlflow", {}).get("auth_opt_out", False))
 
 
 def status(home: Path | None = None) -> StackStatus:
     """Each service's state, URL, pid, health and log; never reads out a credential."""
     p = paths(home)
-    state = _read_state(p)
+    state = read_state(p)
     result = []
     for s in SERVICES:
-        pid = _running_pid(p, s)
+        pid = running_pid(p, s)
         url = _service_url(state[s]["port"]) if s in state else None
         healthy = pid is not None and url is not None and is_healthy(_health_url(s, url))
         auth = bool(state[s].get("auth", False)) if s == "mlflow" and s in state else None

@@ -15,8 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from components import stack
+from components import stack, stack_procs
 from components.settings import is_healthy, read_env_file
+from components.stack_ports import HOST, choose_port
 
 SERVICE = "serve"
 DEFAULT_MODEL = "models:/tipsv2@champion"
@@ -38,9 +39,9 @@ def url(home: Path | None = None) -> str | None:
     """The running server's base URL, or None."""
     p = stack.paths(home)
     state = _read(p)
-    if stack._running_pid(p, SERVICE) is None or "port" not in state:
+    if stack_procs.running_pid(p, SERVICE) is None or "port" not in state:
         return None
-    return f"http://{stack.HOST}:{state['port']}"
+    return f"http://{HOST}:{state['port']}"
 
 
 def up(
@@ -56,30 +57,31 @@ def up(
     if not p.env_file.is_file():
         raise stack.StackError("the stack has no env file: run `tipsv2 stack up` first")
     env = read_env_file(p.env_file)
-    if stack._running_pid(p, SERVICE) is not None:
+    if stack_procs.running_pid(p, SERVICE) is not None:
         return "already running"
     state = _read(p)
-    taken = {v["port"] for v in stack._read_state(p).values()}
-    chosen = stack._choose_port(SERVICE, port, state.get("port"), taken)  # type: ignore[arg-type]
+    taken = {v["port"] for v in stack.read_state(p).values()}
+    chosen = choose_port(SERVICE, port, state.get("port"), taken)  # type: ignore[arg-type]
     cmd = [
         sys.executable, "-m", "components.serving", "--model", model,
-        "--host", stack.HOST, "--port", str(chosen),
+        "--host", HOST, "--port", str(chosen),
         "--tracking-uri", env["MLFLOW_TRACKING_URI"], *extra_args,
     ]  # fmt: skip
-    stack._write_private(_state_file(p), json.dumps({"port": chosen, "model": model}) + "\n")
-    pid = stack._spawn(p, SERVICE, cmd, stack._child_env(env | {"TIPSV2_HOME": str(p.home)}))
-    health = f"http://{stack.HOST}:{chosen}/v2/health/live"
+    stack_procs.write_private(_state_file(p), json.dumps({"port": chosen, "model": model}) + "\n")
+    child = stack_procs.child_env(env | {"TIPSV2_HOME": str(p.home)})
+    pid = stack_procs.spawn(p, SERVICE, cmd, child)
+    health = f"http://{HOST}:{chosen}/v2/health/live"
     secrets = [env.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD")]
-    stack._wait_healthy(p, SERVICE, pid, health, timeout, secrets)
+    stack_procs.wait_healthy(p, SERVICE, pid, health, timeout, secrets)
     return "started"
 
 
 def down(home: Path | None = None) -> str:
     p = stack.paths(home)
-    pid = stack._running_pid(p, SERVICE)
+    pid = stack_procs.running_pid(p, SERVICE)
     if pid is None:
         return "not running"
-    stack._terminate(pid)
+    stack_procs.terminate(pid)
     p.pid_file(SERVICE).unlink(missing_ok=True)
     return "stopped"
 
@@ -90,8 +92,8 @@ def status(home: Path | None = None) -> dict[str, object] | None:
     state = _read(p)
     if not state:
         return None
-    pid = stack._running_pid(p, SERVICE)
-    base = f"http://{stack.HOST}:{state['port']}"
+    pid = stack_procs.running_pid(p, SERVICE)
+    base = f"http://{HOST}:{state['port']}"
     out: dict[str, object] = {
         "name": SERVICE,
         "state": "stopped",

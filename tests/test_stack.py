@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from components import stack
+from components import stack, stack_procs
 from components.settings import configure, read_env_file
 from components.storage import Storage
 from pipelines.cli import stack as stack_cli
@@ -362,7 +362,7 @@ def test_a_killed_leader_leaves_the_service_running_until_down_stops_its_group(h
     stops the whole group."""
     ml = stack.status(home).service("mlflow")
     assert ml.healthy
-    members = stack._session_members(ml.pid)
+    members = stack_procs.session_members(ml.pid)
     os.kill(ml.pid, signal.SIGKILL)  # the leader only
     deadline = time.monotonic() + 10
     while Path(f"/proc/{ml.pid}/cmdline").exists() and time.monotonic() < deadline:
@@ -377,9 +377,9 @@ def test_a_killed_leader_leaves_the_service_running_until_down_stops_its_group(h
     assert after.running and after.pid == ml.pid
     rc, out = tipsv2("stack", "--home", str(home), "up")
     assert rc == 0 and "mlflow  already running" in out, out
-    assert stack._other_mlflow_on(home / "stack" / "mlflow.db") in workers
+    assert stack_procs.other_mlflow_on(home / "stack" / "mlflow.db") in workers
     assert stack.down(home)["mlflow"] == "stopped"
-    assert stack._session_members(ml.pid) == []
+    assert stack_procs.session_members(ml.pid) == []
     rc, out = tipsv2("stack", "--home", str(home), "up")  # a fresh server, for later tests
     assert rc == 0 and "mlflow  started" in out, out
 
