@@ -32,6 +32,16 @@ accuracy in 300 steps) is in the README's "Learning dense alignment" section.
         --out bench/results/dense_alignment_one_object.json       # one object per scene
     .venv/bin/python bench/dense_alignment.py --freeze-text --steps 600 --every 100 \
         --out bench/results/dense_alignment_frozen_text.json      # random text tower
+    .venv/bin/python bench/dense_alignment.py --size 56 \
+        --out bench/results/dense_alignment_56px.json             # 4x4 patches
+    .venv/bin/python bench/dense_alignment.py --size 56 --train-images 20000 --steps 2400 \
+        --every 400 --out bench/results/dense_alignment_56px_20k.json  # and 20,000 scenes
+    .venv/bin/python bench/dense_alignment.py --size 56 --train-images 20000 --steps 1200 \
+        --seed 1 --out bench/results/dense_alignment_56px_20k_seed1.json  # another init
+
+`--size` below 112 draws the scenes at 112 px (the generator's smallest size) and
+downscales them by area averaging; the patch labels are read from the label maps at the
+new size.
 """
 
 from __future__ import annotations
@@ -183,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="model init and batch order")
+    ap.add_argument("--size", type=int, default=112, help="image side in pixels (multiple of 14)")
     ap.add_argument(
         "--objects",
         default=None,
@@ -197,8 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("bench/results/dense_alignment.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    size = 112
+    torch.manual_seed(args.seed)
+    size = args.size
     world = get_world("dense")
     if args.objects:
         weights = tuple(float(w) for w in args.objects.split(","))
@@ -206,8 +218,16 @@ def main(argv: list[str] | None = None) -> dict:
     names = list(world.classes)
 
     print(f"load average {os.getloadavg()}", flush=True)
-    images, _, texts = scenes(0, args.train_images, size, world)
-    val_images, val_labels, _ = scenes(1, 300, size, world)
+    images, _, texts = scenes(0, args.train_images, 112, world)
+    val_images, val_labels, _ = scenes(1, 300, 112, world)
+    if size != 112:  # the generator draws at 112 px or more: downscale, labels by nearest
+        images, val_images = (
+            F.interpolate(t.float(), size=(size, size), mode="area").round().to(torch.uint8)
+            for t in (images, val_images)
+        )
+        step = 112 / size
+        pick = (np.arange(size) * step + step / 2).astype(int)
+        val_labels = val_labels[:, pick][:, :, pick]
     patch_lab, majority = patch_labels(val_labels), majority_class(val_labels, len(names))
     with tempfile.TemporaryDirectory() as tmp:
         tok_path = train_tokenizer(texts, Path(tmp) / "tok", vocab_size=1000)
@@ -222,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.text.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.02)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     rows, t0, b = [], time.perf_counter(), 32
     for step in range(1, args.steps + 1):
         idx = torch.from_numpy(rng.integers(0, len(images), b))
