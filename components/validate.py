@@ -25,21 +25,19 @@ batches, each with its own ExpectationSuite and ValidationDefinition in an ephem
 
 `validate` writes `validation.json` (every check, the failures with examples, and GX's
 own result documents) and `validation.html` (a summary table) into the output folder,
-`<dataset>/validation` unless told otherwise. The CLI (`tipsv2 data validate`) exits
+`<dataset>/validation` unless told otherwise. The thresholds live in
+`components/validation_config.py`, the results and the report in
+`components/validation_report.py`; this module builds the batches and runs GX. The CLI (`tipsv2 data validate`) exits
 non-zero on failure so a pipeline stops before training.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import html
-import json
 import math
 import os
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +46,21 @@ import pyarrow.parquet as pq
 from components import storage
 from components.datasets import dataset_metadata
 from components.settings import disable_telemetry
-from tipsv2_core.data.card import CAPTION_FIELDS
+from components.validation_config import ValidationConfig, load_config
+from components.validation_report import (
+    HTML_FILE,
+    RESULT_FILE,
+    CheckResult,
+    ValidationFailed,
+    ValidationResult,
+    write_report,
+)
 from tipsv2_core.data.layout import REJECTED_FILE, read_card, read_manifest
-from tipsv2_core.schema import build, parse_mapping
 
+# The gate's public names, wherever they are defined (callers import them from here).
 __all__ = [
+    "HTML_FILE",
+    "RESULT_FILE",
     "CheckResult",
     "ValidationConfig",
     "ValidationFailed",
@@ -61,245 +69,11 @@ __all__ = [
     "validate",
 ]
 
-RESULT_FILE = "validation.json"
-HTML_FILE = "validation.html"
 DEFAULT_OUT = "validation"  # below the dataset, unless `out` says otherwise
 BATCHES = ("manifest", "classes", "shards", "summary")
 # The column that names an offending row in each batch's failure examples.
 INDEX_COLUMN = {"manifest": "key", "classes": "class", "shards": "shard"}
-# Characters, not words: a caption is stored and tokenised as text; these bounds catch
-# empty strings and runaway generations (the text encoder reads 64 tokens of it anyway).
-DEFAULT_CAPTION_MAX_CHARS = {"alt_text": 1000, "caption_medium": 2000, "caption_long": 8000}
 NO_CLASS = "background"  # the label-map background is never a caption class
-
-
-class ValidationFailed(ValueError):
-    """A dataset failed the gate; the message lists the failed checks with examples."""
-
-
-# ---------------------------------------------------------------------------------------
-# configuration
-
-
-@dataclass(frozen=True)
-class ValidationConfig:
-    """Thresholds of the gate. Every field can be set from a JSON/YAML file (`load_config`).
-
-    Rates are fractions in [0, 1]. `expected_splits` defaults to the ratios the card
-    records (`splits`, or the generator's `splits`); `class_coverage` None means "when the
-    data is labelled" (the card names classes and some samples carry labels).
-    """
-
-    min_samples: int = 1
-    caption_fields: tuple[str, ...] = CAPTION_FIELDS
-    caption_min_chars: int = 1
-    caption_max_chars: Mapping[str, int] = field(
-        default_factory=lambda: dict(DEFAULT_CAPTION_MAX_CHARS)
-    )
-    min_image_side: int = 16
-    max_image_side: int = 8192
-    max_aspect_ratio: float = 8.0
-    expected_splits: Mapping[str, float] | None = None
-    # A split's share must lie within max(split_tolerance, split_sigmas * binomial sd) of
-    # its ratio: hash-assigned splits of a small dataset wander by a few sd, a large one
-    # must match to the absolute tolerance.
-    split_tolerance: float = 0.02
-    split_sigmas: float = 4.0
-    max_reject_rate: float = 0.5
-    max_duplicate_rate: float = 0.25
-    duplicate_reasons: tuple[str, ...] = ("duplicate",)  # reject reasons that count as such
-    max_duplicate_image_rate: float = 0.0  # manifest rows whose sha256 another row shares
-    class_coverage: bool | None = None
-    min_class_samples: int = 1
-    examples: int = 5  # offending rows reported per failed check
-    check_shards: bool = True  # open every shard the manifest names (shard_check)
-    decode_per_shard: int = 2  # samples fully decoded per shard, besides the first and last
-    min_distinct_captions: int = 2  # per caption field (capped at the number of samples)
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("max_reject_rate", "max_duplicate_rate", "max_duplicate_image_rate"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                problems.append(f"{name} must be in [0, 1]")
-        if not 0 < self.min_image_side <= self.max_image_side:
-            problems.append("need 0 < min_image_side <= max_image_side")
-        if self.max_aspect_ratio < 1:
-            problems.append("max_aspect_ratio must be >= 1")
-        if self.caption_min_chars < 0 or self.min_samples < 0 or self.min_class_samples < 0:
-            problems.append("caption_min_chars, min_samples, min_class_samples must be >= 0")
-        if self.decode_per_shard < 0 or self.min_distinct_captions < 0:
-            problems.append("decode_per_shard, min_distinct_captions must be >= 0")
-        if self.split_tolerance < 0 or self.split_sigmas < 0 or self.examples < 1:
-            problems.append("split_tolerance, split_sigmas must be >= 0 and examples >= 1")
-        missing = [f for f in self.caption_fields if f not in self.caption_max_chars]
-        if missing:
-            problems.append(f"caption_max_chars lacks {missing}")
-        for f, n in self.caption_max_chars.items():
-            if n < self.caption_min_chars:
-                problems.append(f"caption_max_chars[{f!r}] is below caption_min_chars")
-        if self.expected_splits is not None and (
-            any(v < 0 for v in self.expected_splits.values())
-            or abs(sum(self.expected_splits.values()) - 1.0) > 1e-6
-        ):
-            problems.append("expected_splits must be non-negative ratios that sum to 1")
-        if problems:
-            raise ValueError("invalid validation config: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> ValidationConfig:
-        """A config from a mapping (a parsed file); unknown keys and bad types are errors
-        naming the key (tipsv2_core/schema.py). Two shorthands: `caption_max_chars: N`
-        bounds every caption field, and `class_coverage: auto` is None."""
-        doc = dict(doc)
-        bounds = doc.get("caption_max_chars")
-        if isinstance(bounds, int) and not isinstance(bounds, bool):
-            doc["caption_max_chars"] = dict.fromkeys(
-                doc.get("caption_fields", CAPTION_FIELDS), bounds
-            )
-        elif isinstance(bounds, Mapping):  # the fields it leaves out keep their defaults
-            doc["caption_max_chars"] = {**DEFAULT_CAPTION_MAX_CHARS, **bounds}
-        coverage = doc.get("class_coverage")
-        if coverage == "auto":
-            doc["class_coverage"] = None
-        elif coverage is not None and not isinstance(coverage, bool):
-            raise ValueError(f"class_coverage: expected true, false or auto, got {coverage!r}")
-        return build(cls, doc, what="validation settings", error=ValueError)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping that `from_dict` reads back."""
-        doc = dataclasses.asdict(self)
-        for name in ("caption_fields", "duplicate_reasons"):
-            doc[name] = list(doc[name])
-        doc["caption_max_chars"] = dict(self.caption_max_chars)
-        if self.expected_splits is not None:
-            doc["expected_splits"] = dict(self.expected_splits)
-        return doc
-
-
-def load_config(path: str | os.PathLike[str], section: str | None = None) -> ValidationConfig:
-    """Thresholds from a JSON or YAML file, optionally from one top-level `section` of it
-    (so `params.yaml` of the DVC pipeline can hold them under `validate:`)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{p}: no such validation config") from None
-    doc = parse_mapping(text, str(p), section=section, error=ValueError)
-    return ValidationConfig.from_dict(doc)
-
-
-# ---------------------------------------------------------------------------------------
-# results
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One expectation as evaluated: what it asked, whether it held, and offending rows.
-
-    `observed` is the value a table-level check saw (row count, a rate); for row-level
-    checks `unexpected` of `evaluated` rows failed and `examples` holds the first few of
-    them (with the sample key). `error` is set when GX could not evaluate the check.
-    """
-
-    batch: str
-    expectation: str
-    kwargs: dict[str, Any]
-    description: str
-    success: bool
-    observed: Any = None
-    unexpected: int | None = None
-    evaluated: int | None = None
-    examples: tuple[dict[str, Any], ...] = ()
-    error: str | None = None
-
-    @property
-    def name(self) -> str:
-        args = ", ".join(f"{k}={_short(v)}" for k, v in self.kwargs.items())
-        return f"{self.expectation}({args})"
-
-    def describe(self) -> str:
-        """One line: the batch, the expectation with its arguments, what went wrong."""
-        text = f"{self.batch}: {self.name} [{self.description}]"
-        if self.error:
-            return f"{text}: could not be evaluated: {self.error}"
-        if self.unexpected is not None:
-            text += f": {self.unexpected} of {self.evaluated} rows"
-        elif self.observed is not None:
-            text += f": observed {_short(self.observed)}"
-        if self.examples:
-            text += "; e.g. " + ", ".join(_row(e) for e in self.examples)
-        return text
-
-    def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "examples": list(self.examples), "name": self.name}
-
-
-@dataclass(frozen=True)
-class ValidationResult:
-    """The outcome of the gate on one dataset; `failures` are the checks that did not hold."""
-
-    data: str
-    success: bool
-    checks: tuple[CheckResult, ...]
-    stats: dict[str, Any]
-    suites: dict[str, dict[str, Any]]
-    out: str | None = None
-
-    @property
-    def failures(self) -> tuple[CheckResult, ...]:
-        return tuple(c for c in self.checks if not c.success)
-
-    def message(self) -> str:
-        """A human summary: a one-liner on success, every failed check with examples else."""
-        where = f"; report: {storage.child(self.out, HTML_FILE)}" if self.out else ""
-        if self.success:
-            return (
-                f"validation passed: {len(self.checks)} checks on {self.data} "
-                f"({self.stats['num_samples']} samples){where}"
-            )
-        lines = [
-            f"validation FAILED: {len(self.failures)} of {len(self.checks)} checks on "
-            f"{self.data}{where}"
-        ]
-        lines += [f"  - {c.describe()}" for c in self.failures]
-        return "\n".join(lines)
-
-    def raise_for_failure(self) -> None:
-        """Raises ValidationFailed (with `message()`) unless the dataset passed."""
-        if not self.success:
-            raise ValidationFailed(self.message())
-
-    def to_json(self, config: ValidationConfig) -> dict[str, Any]:
-        return {
-            "dataset": self.data,
-            "success": self.success,
-            "validated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "statistics": {
-                "evaluated": len(self.checks),
-                "successful": len(self.checks) - len(self.failures),
-                "failed": len(self.failures),
-            },
-            "failures": [c.describe() for c in self.failures],
-            "config": config.to_dict(),
-            "dataset_stats": self.stats,
-            "checks": [c.to_json() for c in self.checks],
-            "great_expectations": self.suites,
-        }
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """A value for a one-line message: long strings cut, with their length."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, str) and len(value) > limit:
-        return repr(value[:limit] + "...") + f" ({len(value)} chars)"
-    if isinstance(value, list | tuple) and len(value) > 8:
-        return "[" + ", ".join(_short(v) for v in value[:8]) + f", ... {len(value)} in all]"
-    return repr(value)
-
-
-def _row(example: Mapping[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in example.items()) + "}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -730,83 +504,6 @@ def _check_results(batches: _Batches, suites: Mapping[str, Mapping[str, Any]]) -
     return out
 
 
-# ---------------------------------------------------------------------------------------
-# the report
-
-
-def _html(result: ValidationResult) -> str:
-    """A self-contained HTML page: the verdict, the figures, and one row per check."""
-    esc = html.escape
-    status = "PASSED" if result.success else "FAILED"
-    colour = "#1a7f37" if result.success else "#cf222e"
-    rows = []
-    for c in sorted(result.checks, key=lambda c: c.success):  # failures first
-        seen = c.error or (
-            f"{c.unexpected} of {c.evaluated} rows" if c.unexpected is not None else c.observed
-        )
-        examples = "<br>".join(esc(_row(e)) for e in c.examples)
-        rows.append(
-            f"<tr class={'ok' if c.success else 'bad'}><td>{'ok' if c.success else 'FAILED'}"
-            f"</td><td>{esc(c.batch)}</td><td><code>{esc(c.name)}</code><br>"
-            f"{esc(c.description)}</td><td>{esc(_short(seen) if seen is not None else '')}</td>"
-            f"<td>{examples}</td></tr>"
-        )
-    stats = _figures_html(result.stats)
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Validation: {esc(result.data)}</title>
-<style>
-body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}}
-tr.bad td{{background:#ffebe9}} .verdict{{color:{colour};font-weight:bold}}
-</style></head><body>
-<h1>Dataset validation: <span class="verdict">{status}</span></h1>
-<p>Dataset <code>{esc(result.data)}</code>: {len(result.checks) - len(result.failures)} of
-{len(result.checks)} checks passed.</p>
-<table><tr><th>status</th><th>batch</th><th>expectation</th><th>observed</th>
-<th>examples</th></tr>
-{"".join(rows)}
-</table>
-<h2>Figures</h2>{stats}
-</body></html>
-"""
-
-
-def _figures_html(stats: Mapping[str, Any]) -> str:
-    """The dataset-level figures as tables: one row per figure; a mapping of plain values
-    (counts per split, per class) as a nested two-column table, anything deeper as JSON."""
-    esc = html.escape
-
-    def cell(value: Any) -> str:
-        if isinstance(value, Mapping) and all(
-            not isinstance(v, Mapping | list) for v in value.values()
-        ):
-            rows = "".join(
-                f"<tr><td>{esc(str(k))}</td><td>{esc(_fmt_value(v))}</td></tr>"
-                for k, v in value.items()
-            )
-            return f"<table>{rows}</table>"
-        if isinstance(value, Mapping | list):
-            return f"<code>{esc(json.dumps(value, default=str))}</code>"
-        return esc(_fmt_value(value))
-
-    rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in stats.items())
-    return f"<table>{rows}</table>"
-
-
-def _fmt_value(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _write_report(result: ValidationResult, config: ValidationConfig, out: str) -> None:
-    if storage.parse(out).is_s3:
-        from components.settings import configure
-
-        configure()  # the stack's S3 variables, unless the environment names a store
-    doc = json.dumps(result.to_json(config), indent=2, default=str) + "\n"
-    storage.write_bytes(storage.child(out, RESULT_FILE), doc.encode())
-    storage.write_bytes(storage.child(out, HTML_FILE), _html(result).encode())
-
-
 def validate(
     data: str | os.PathLike[str],
     config: ValidationConfig | None = None,
@@ -839,5 +536,5 @@ def validate(
         out=target,
     )
     if target is not None:
-        _write_report(result, cfg, target)
+        write_report(result, cfg, target)
     return result
