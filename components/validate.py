@@ -27,8 +27,8 @@ batches, each with its own ExpectationSuite and ValidationDefinition in an ephem
 own result documents) and `validation.html` (a summary table) into the output folder,
 `<dataset>/validation` unless told otherwise. The thresholds live in
 `components/validation_config.py`, the results and the report in
-`components/validation_report.py`; this module builds the batches and runs GX. The CLI (`tipsv2 data validate`) exits
-non-zero on failure so a pipeline stops before training.
+`components/validation_report.py`; this module builds the batches and runs GX. The CLI
+(`tipsv2 data validate`) exits non-zero on failure so a pipeline stops before training.
 """
 
 from __future__ import annotations
