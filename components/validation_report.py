@@ -140,14 +140,16 @@ def _html(result: ValidationResult) -> str:
     colour = "#1a7f37" if result.success else "#cf222e"
     rows = []
     for c in sorted(result.checks, key=lambda c: c.success):  # failures first
-        seen = c.error or (
-            f"{c.unexpected} of {c.evaluated} rows" if c.unexpected is not None else c.observed
-        )
+        # Our own texts as they are; a value the check observed as a short repr.
+        if c.error or c.unexpected is not None:
+            seen = c.error or f"{c.unexpected} of {c.evaluated} rows"
+        else:
+            seen = short(c.observed) if c.observed is not None else ""
         examples = "<br>".join(esc(row(e)) for e in c.examples)
         rows.append(
             f"<tr class={'ok' if c.success else 'bad'}><td>{'ok' if c.success else 'FAILED'}"
             f"</td><td>{esc(c.batch)}</td><td><code>{esc(c.name)}</code><br>"
-            f"{esc(c.description)}</td><td>{esc(short(seen) if seen is not None else '')}</td>"
+            f"{esc(c.description)}</td><td>{esc(seen)}</td>"
             f"<td>{examples}</td></tr>"
         )
     stats = _figures_html(result.stats)

@@ -128,6 +128,8 @@ def test_good_dataset_passes_and_writes_the_report(good, tmp_path):
     assert all(s["success"] for s in doc["great_expectations"].values())
     page = (tmp_path / "report" / "validation.html").read_text()
     assert "PASSED" in page and "expect_column_values_to_be_unique" in page
+    # Row counts read as text, not as a quoted Python string.
+    assert f"<td>0 of {NUM_IMAGES} rows</td>" in page and "&#x27;0 of" not in page
     result.raise_for_failure()  # no exception
     assert "validation passed" in result.message()
 
