@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from tipsv2_core.atomic import atomic_file
 from tipsv2_core.models.variants import MAX_TEXT_LEN
 
 PAD_ID = 0
@@ -118,14 +119,10 @@ def train_tokenizer(
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
         )
-        # Copied to a hidden file beside `out_path`, then renamed: a rename out of the
-        # temporary folder fails (EXDEV) where `out_path` lies on another filesystem (a
-        # volume mounted into a pod), and a copy straight to `out_path` could leave half
-        # a model there.
-        staged = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-        try:
+        # Copied into a sibling of `out_path`, then renamed (`atomic_file`): a rename out
+        # of the temporary folder fails (EXDEV) where `out_path` lies on another
+        # filesystem (a volume mounted into a pod), and a copy straight to `out_path`
+        # could leave half a model there.
+        with atomic_file(out_path) as staged:
             shutil.copyfile(prefix.with_suffix(".model"), staged)
-            os.replace(staged, out_path)
-        finally:
-            staged.unlink(missing_ok=True)
     return out_path
