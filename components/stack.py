@@ -428,7 +428,8 @@ def up(
     Idempotent: a healthy service is left alone. MLflow needs the gateway (its artifacts
     live there), so asking for "mlflow" starts "s3" too. `timeout` bounds each service's
     health wait (default 30 s for the gateway, 180 s for MLflow). Ports: the requested
-    one, else the previous run's if free, else any free port on 127.0.0.1.
+    one, else the previous run's once free (a killed service may hold it for a moment;
+    `up` waits up to stack_ports.PREVIOUS_PORT_WAIT_S), else any free port on 127.0.0.1.
     """
     unknown = set(services) - set(SERVICES)
     if unknown:

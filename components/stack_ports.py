@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import random
 import socket
+import sys
+import time
 from collections.abc import Collection
 from pathlib import Path
 
@@ -60,14 +62,37 @@ def free_port(exclude: Collection[int] = ()) -> int:
             return port
 
 
+# How long `up` waits for the port a service last had. A service that was just killed
+# (or crashed) may hold its listening socket for a moment while the kernel tears the
+# process down; waiting keeps its URL, and the env file that names it, valid.
+PREVIOUS_PORT_WAIT_S = 10.0
+
+
 def choose_port(
-    name: str, requested: int | None, previous: int | None, exclude: Collection[int]
+    name: str,
+    requested: int | None,
+    previous: int | None,
+    exclude: Collection[int],
+    wait_s: float = PREVIOUS_PORT_WAIT_S,
 ) -> int:
-    """An explicit port must be free; else the port of the last run if free; else any."""
+    """An explicit port must be free; else the port of the last run once free (waiting up
+    to `wait_s` for it); else any free port, with a note on stderr that the URL moved."""
     if requested:
         if requested in exclude or not port_free(requested):
             raise StackError(f"{name}: port {requested} on {HOST} is already in use")
         return requested
-    if previous and previous not in exclude and port_free(previous):
-        return previous
-    return free_port(exclude)
+    if previous and previous not in exclude:
+        deadline = time.monotonic() + wait_s
+        while not port_free(previous):
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        else:
+            return previous
+    port = free_port(exclude)
+    if previous:
+        print(
+            f"{name}: its last port {previous} on {HOST} is taken; it moves to {port}",
+            file=sys.stderr,
+        )
+    return port

@@ -18,12 +18,13 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from components import stack, stack_procs
+from components import stack, stack_ports, stack_procs
 from components.settings import configure, read_env_file
 from components.storage import Storage
 from pipelines.cli import stack as stack_cli
@@ -236,6 +237,14 @@ def test_mlflow_artifact_lands_in_the_s3_bucket(env, logged_run):
     assert Storage(environ=env).read_bytes(uri) == payload
 
 
+def _sockets_on(port: str) -> str:
+    try:
+        ss = subprocess.run(["ss", "-tanpo"], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return "(no `ss` here to show what holds the port)"
+    return "\n".join(line for line in ss.stdout.splitlines() if f":{port} " in line)
+
+
 @pytest.mark.integration
 def test_killed_service_is_restarted_by_up(home):
     before = stack.status(home)
@@ -244,6 +253,7 @@ def test_killed_service_is_restarted_by_up(home):
     deadline = time.monotonic() + 10
     while stack.status(home).service("s3").running and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert not stack.status(home).service("s3").running
     rc, out = tipsv2("stack", "--home", str(home), "status")
     assert rc == 1 and "stopped" in out
     rc, out = tipsv2("stack", "--home", str(home), "up")
@@ -251,7 +261,8 @@ def test_killed_service_is_restarted_by_up(home):
     assert "s3      started" in out and "mlflow  already running" in out
     after = stack.status(home)
     assert after.healthy
-    assert after.service("s3").url == gw.url  # same port: the env file stays valid
+    # same port: the env file stays valid (else: what holds the old port, for the log)
+    assert after.service("s3").url == gw.url, _sockets_on(gw.url.rsplit(":", 1)[1])
 
 
 @pytest.mark.integration
@@ -343,6 +354,30 @@ def test_up_on_a_busy_port_fails_clearly(tmp_path):
     assert rc == 1
     assert f"port {busy} on 127.0.0.1 is already in use" in out
     assert not (tmp_path / "stack" / "run" / "s3.pid").exists()
+
+
+@pytest.mark.unit
+def test_the_last_port_is_kept_once_released_and_left_only_when_it_stays_taken(capsys):
+    """A service that was just killed may hold its socket for a moment: `up` waits for
+    it (the URL in the env file stays valid) and moves only when it stays taken."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", stack_ports.free_port()))
+    holder.listen()
+    port = holder.getsockname()[1]
+    threading.Timer(0.5, holder.close).start()
+    t0 = time.monotonic()
+    assert stack_ports.choose_port("s3", None, port, exclude=(), wait_s=10) == port
+    assert 0.4 < time.monotonic() - t0 < 5
+    assert capsys.readouterr().err == ""
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        moved = stack_ports.choose_port("s3", None, port, exclude=(), wait_s=0.5)
+    assert moved != port
+    assert f"s3: its last port {port} on 127.0.0.1 is taken; it moves to {moved}" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.unit
