@@ -211,6 +211,7 @@ def test_search_and_segment_through_the_page(url, picture, tmp_path):
     with browser(tmp_path) as page:
         page.call("Page.enable")
         page.call("Page.navigate", url=url + "/")
+        # The button starts disabled and is enabled by the status the page fetches.
         page.wait("document.readyState === 'complete' && !$('search-btn').disabled")
         assert "24 images indexed" in page.eval("$('status').textContent")
 
