@@ -1,10 +1,12 @@
 """Where dense alignment stops: CLS-level versus patch-level text alignment over training.
 
-Trains nano14 at 112 px with the contrastive loss alone (CLS1 against each image's
-alt-text, batch 32, the demo's temperature 0.1, held fixed so that runs compare) on the
-default `dense` world, and every `--every` steps measures on 300 held-out scenes of
-another seed:
+Trains nano14 at 112 px with the contrastive loss alone (CLS1, or with `--pool mean` the
+mean of the output patch tokens, against each image's alt-text, batch 32, the demo's
+temperature 0.1, held fixed so that runs compare) on the default `dense` world, and every
+`--every` steps measures on 300 held-out scenes of another seed:
 
+- zs_miou: the platform's zero-shot segmentation mIoU (`tipsv2_core.eval.zeroshot_seg`,
+  whole image, every object pixel, background ignored): what `make run` reports;
 - cls_acc: CLS1 zero-shot accuracy against the majority object class of the image;
 - patch_acc / patch_miou: the values-trick patch features (what zero-shot segmentation
   reads) scored against the class of each 14-px patch (patches at least half covered by
@@ -38,6 +40,9 @@ accuracy in 300 steps) is in the README's "Learning dense alignment" section.
         --every 400 --out bench/results/dense_alignment_56px_20k.json  # and 20,000 scenes
     .venv/bin/python bench/dense_alignment.py --size 56 --train-images 20000 --steps 1200 \
         --seed 1 --out bench/results/dense_alignment_56px_20k_seed1.json  # another init
+    .venv/bin/python bench/dense_alignment.py --size 56 --train-images 20000 --steps 2400 \
+        --every 400 --pool mean --seed 0 \
+        --out bench/results/dense_alignment_56px_20k_mean_seed0.json  # mean-pooled patches
 
 `--size` below 112 draws the scenes at 112 px (the generator's smallest size) and
 downscales them by area averaging; the patch labels are read from the label maps at the
@@ -58,9 +63,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from tipsv2_core.data.synthetic import generate_scene
 from tipsv2_core.data.worlds import World, get_world
+from tipsv2_core.eval import zeroshot_seg
+from tipsv2_core.eval.datasets import SegDataset, SegSample
 from tipsv2_core.eval.prompts import TCL_TEMPLATES, class_text_embeddings
 from tipsv2_core.models.tips import TIPSModel, l2_normalize
 from tipsv2_core.models.vision import NUM_PREFIX_TOKENS
@@ -78,6 +86,22 @@ def scenes(
     sc = [generate_scene(seed, i, size, world) for i in range(n)]
     images = torch.from_numpy(np.stack([s.image for s in sc])).permute(0, 3, 1, 2).contiguous()
     return images, np.stack([s.label for s in sc]), [s.captions["alt_text"] for s in sc]
+
+
+def seg_dataset(images: torch.Tensor, labels: np.ndarray, world: World) -> SegDataset:
+    """The held-out scenes as the platform's zero-shot segmentation reads a synthetic
+    split (`tipsv2_core/eval/readers/shards.py`): the object classes, background pixels
+    ignored as in ADE150, every other pixel scored."""
+    remapped = np.where((labels == 0) | (labels == IGNORE), IGNORE, labels - 1).astype(np.int64)
+
+    def sample(i: int) -> SegSample:
+        return SegSample(
+            key=str(i),
+            load_image=lambda: Image.fromarray(images[i].permute(1, 2, 0).numpy()),
+            load_label=lambda: remapped[i],
+        )
+
+    return SegDataset("heldout", list(world.classes), [sample(i) for i in range(len(images))])
 
 
 def patch_labels(labels: np.ndarray) -> np.ndarray:
@@ -105,7 +129,10 @@ def majority_class(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def measure(model, tok, names, images, patch_lab, majority) -> dict[str, float]:
+def measure(model, tok, names, images, patch_lab, majority, seg) -> dict[str, float]:
+    zs = zeroshot_seg.evaluate(
+        model, tok, seg, mode="whole", eval_size=images.shape[-1], progress=False
+    )
     model.eval()
     ce = class_text_embeddings(model, tok, names, TCL_TEMPLATES)  # [C, D]
     x = images.float() / 255
@@ -129,6 +156,7 @@ def measure(model, tok, names, images, patch_lab, majority) -> dict[str, float]:
     ]
     model.train()
     return {
+        "zs_miou": zs["miou"],
         "cls_acc": float((cls_pred == majority).mean()),
         "patch_acc": float((values == truth).mean()),
         "patch_miou": float(np.mean(ious)),
@@ -206,6 +234,13 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="keep the text tower at its random init: is the plateau on the image side?",
     )
+    ap.add_argument(
+        "--pool",
+        choices=("cls", "mean"),
+        default="cls",
+        help="image embedding of the contrastive loss: CLS1 (the paper's) or the mean of "
+        "the output patch tokens (a loss that reaches every patch's own residual stream)",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results/dense_alignment.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -229,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
         pick = (np.arange(size) * step + step / 2).astype(int)
         val_labels = val_labels[:, pick][:, :, pick]
     patch_lab, majority = patch_labels(val_labels), majority_class(val_labels, len(names))
+    seg = seg_dataset(val_images, val_labels, world)
     with tempfile.TemporaryDirectory() as tmp:
         tok_path = train_tokenizer(texts, Path(tmp) / "tok", vocab_size=1000)
         tok = Tokenizer(str(tok_path))
@@ -244,12 +280,17 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.02)
     rng = np.random.default_rng(args.seed)
     rows, t0, b = [], time.perf_counter(), 32
+    # Step 0 is the random-init encoder: the baseline of every column.
+    rows.append({"step": 0} | {k: round(v, 4) for k, v in measure(
+        model, tok, names, val_images, patch_lab, majority, seg).items()})  # fmt: skip
+    print(json.dumps(rows[0]), flush=True)
     for step in range(1, args.steps + 1):
         idx = torch.from_numpy(rng.integers(0, len(images), b))
         x = images[idx].float() / 255
         flip = torch.rand(b) < 0.5
         x[flip] = x[flip].flip(-1)
-        img = l2_normalize(model.vision(x).cls1)
+        out = model.vision(x)
+        img = l2_normalize(out.cls1 if args.pool == "cls" else out.patch_tokens.mean((1, 2)))
         txt = l2_normalize(model.text(ids[idx], pad[idx]))
         logits = img @ txt.T / model.temperature
         target = torch.arange(b)
@@ -259,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
         opt.step()
         if step % args.every == 0:
             row = {"step": step, "loss": round(loss.item(), 4)}
-            scores = measure(model, tok, names, val_images, patch_lab, majority)
+            scores = measure(model, tok, names, val_images, patch_lab, majority, seg)
             row |= {k: round(v, 4) for k, v in scores.items()}
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
