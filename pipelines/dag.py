@@ -119,6 +119,7 @@ def preflight(
 def prepare_data(
     sources: list[str],
     synth_images: int,
+    synth_seed: int,
     image_size: int,
     workers: int,
     dataset: Output[Dataset],
@@ -127,7 +128,12 @@ def prepare_data(
     from components.steps import prepare_dataset
 
     doc = prepare_dataset(
-        dataset.path, sources, synth_images=synth_images, image_size=image_size, workers=workers
+        dataset.path,
+        sources,
+        synth_images=synth_images,
+        image_size=image_size,
+        seed=synth_seed,
+        workers=workers,
     )
     dataset.metadata.update(doc)
 
@@ -500,6 +506,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
         recipe: str = "demo",
         sources: list[str] = [],  # noqa: B006 (KFP reads the default; none: synthetic data)
         synth_images: int = 4000,
+        synth_seed: int = 0,  # another draw of the synthetic world (a fresh dataset)
         image_size: int = 112,
         student_variants: list[str] = ["nano14"],  # noqa: B006
         workers: int = 1,
@@ -511,7 +518,10 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
         tokenizer_vocab: int = 1000,
         eval_tasks: list[str] = ["zeroshot_seg", "retrieval"],  # noqa: B006
         eval_limit: int = 0,  # 0: the whole eval split
-        eval_image_size: int = 224,
+        # The demo's own resolution, the synthetic images' native size: at 224 every
+        # image is upsampled 2x and the 8x8 patch grid the model learnt becomes 16x16
+        # (README, "Learning dense alignment", item 10).
+        eval_image_size: int = 112,
         export_image_size: int = 224,
         primary_metric: str = "",
         promotion: dict = {},  # noqa: B006 (components.promote.GateConfig: margins, tolerance)
@@ -544,7 +554,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE) -> Callable[..., Any]:
                 image,
             )
             data = ops["prepare_data"](
-                sources=sources, synth_images=synth_images, image_size=image_size, workers=workers
+                sources=sources,
+                synth_images=synth_images,
+                synth_seed=synth_seed,
+                image_size=image_size,
+                workers=workers,
             )
             _step(data, image, cache=True, resources=MEDIUM)
             check = ops["validate_data"](dataset=data.outputs["dataset"], config=validation)

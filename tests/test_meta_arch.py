@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tipsv2_core.config import apply_overrides
+from tipsv2_core.config import LossCfg, apply_overrides
 from tipsv2_core.recipes import get_recipe
 from tipsv2_core.train.meta_arch import TIPSv2MetaArch
 
@@ -41,12 +41,16 @@ def test_one_step_produces_every_term_and_gradients():
     torch.manual_seed(0)
     arch = TIPSv2MetaArch(small_cfg())
     total, parts = arch.training_forward(batch(), teacher_temp=0.04)
-    assert set(parts) == {"ibot_loss", "dino_loss", "clip_loss", "clip_cls1_loss", "clip_cls2_loss"}
+    assert set(parts) == {
+        "ibot_loss", "dino_loss", "clip_loss", "clip_cls1_loss", "clip_cls2_loss",
+        "clip_pooled_loss",
+    }  # fmt: skip
     w = arch.cfg.loss
     expect = (
         w.clip_weight * parts["clip_loss"]
         + w.dino_weight * parts["dino_loss"]
         + w.ibot_weight * parts["ibot_loss"]
+        + w.pooled_clip_weight * parts["clip_pooled_loss"]
     )
     torch.testing.assert_close(total.detach(), expect)
     total.backward()
@@ -54,6 +58,37 @@ def test_one_step_produces_every_term_and_gradients():
     no_grad = [n for n, p in trainable.items() if p.grad is None and "token_embedding" not in n]
     assert no_grad == []
     assert all(p.grad is None for p in arch.teacher_heads.parameters())  # EMA only
+
+
+def test_the_pooled_clip_term_is_off_in_the_papers_loss_and_weighted_when_on():
+    assert LossCfg().pooled_clip_weight == 0  # the paper's loss; the demo adds the term
+    torch.manual_seed(0)
+    arch = TIPSv2MetaArch(small_cfg("loss.pooled_clip_weight=0"))
+    assert "clip_pooled_loss" not in arch.training_forward(batch(), teacher_temp=0.04)[1]
+    torch.manual_seed(0)
+    arch = TIPSv2MetaArch(small_cfg("loss.pooled_clip_weight=0.5"))
+    total, parts = arch.training_forward(batch(), teacher_temp=0.04)
+    w = arch.cfg.loss
+    expect = (
+        w.clip_weight * parts["clip_loss"]
+        + w.dino_weight * parts["dino_loss"]
+        + w.ibot_weight * parts["ibot_loss"]
+        + 0.5 * parts["clip_pooled_loss"]
+    )
+    torch.testing.assert_close(total.detach(), expect)
+    # Alone, the term trains the text tower and the patch path of the vision tower.
+    arch = TIPSv2MetaArch(
+        small_cfg("loss.pooled_clip_weight=1", "loss.clip_weight=0", "loss.dino_weight=0",
+                  "loss.ibot_weight=0")
+    )  # fmt: skip
+    total, parts = arch.training_forward(batch(), teacher_temp=0.04)
+    torch.testing.assert_close(total.detach(), parts["clip_pooled_loss"])
+    total.backward()
+    vision = arch.student.vision
+    assert vision.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in arch.student.text.parameters()
+    )
 
 
 def test_head_only_teacher_is_the_student_encoder():

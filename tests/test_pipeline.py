@@ -370,7 +370,14 @@ def test_pipeline_parameters_and_defaults():
     assert params["recipe"] == "demo" and params["sources"] == []
     assert params["student_variants"] == ["nano14"] and params["workers"] == 1
     assert params["model_name"] == "tipsv2-demo" and params["experiment"] == "tipsv2"
-    assert {"synth_images", "primary_metric", "gpus", "train_cpu", "train_memory"} <= set(params)
+    assert {
+        "synth_images",
+        "synth_seed",
+        "primary_metric",
+        "gpus",
+        "train_cpu",
+        "train_memory",
+    } <= set(params)
 
 
 # ---------------------------------------------------------------------------------------

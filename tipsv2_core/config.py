@@ -85,6 +85,11 @@ class LossCfg:
     clip_weight: float = 1.0
     dino_weight: float = 1.0  # α
     ibot_weight: float = 2.0  # β
+    # Not in the paper (0 keeps its loss): weight of an extra L_CLIP between the mean of
+    # the output patch tokens and CLS1's captions. It is the one term whose gradient
+    # reaches every patch's own residual stream with the text (README, "Learning dense
+    # alignment", item 10); the paper relies on scale for that.
+    pooled_clip_weight: float = 0.0
     ibot_mode: str = "ibot++"  # "ibot++" (TIPSv2) | "ibot" (masked patches only)
     student_temp: float = 0.1
     teacher_temp: float = 0.07
@@ -286,6 +291,7 @@ _NON_NEGATIVE = (
     "loss.clip_weight",
     "loss.dino_weight",
     "loss.ibot_weight",
+    "loss.pooled_clip_weight",
     "optim.weight_decay",
     "optim.weight_decay_end",
     "optim.clip_grad",

@@ -1,6 +1,7 @@
 """The TIPSv2 meta-architecture: student towers, projection heads, EMA teacher, losses.
 
     L = w_clip·L_CLIP + α·L_DINO + β·L_iBOT++        (α = 1, β = 2 by default)
+        [+ w_pooled·L_CLIP(mean of patch tokens, CLS1's captions), off by default]
 
 With `ema.mode="head_only"` (TIPSv2 §3.4) the teacher encoder *is* the student encoder,
 run on the unmasked global crop without gradients; only the heads have an EMA copy.
@@ -139,7 +140,9 @@ class TIPSv2MetaArch(nn.Module):
             losses["dino_loss"] = torch.zeros((), device=g.device)
 
         image = unmasked if unmasked is not None else masked
-        losses |= clip_terms(self.student, image, batch, self.two_cls)
+        losses |= clip_terms(
+            self.student, image, batch, self.two_cls, pooled=cfg.loss.pooled_clip_weight > 0
+        )
         with torch.no_grad():
             self.dino_loss.update_center(t_cls)
             self.ibot_loss.update_center(t_patch.reshape(-1, k))
@@ -148,6 +151,8 @@ class TIPSv2MetaArch(nn.Module):
         total = w.clip_weight * losses["clip_loss"] + ssl_scale * (
             w.dino_weight * losses["dino_loss"] + w.ibot_weight * losses["ibot_loss"]
         )
+        if "clip_pooled_loss" in losses:
+            total = total + w.pooled_clip_weight * losses["clip_pooled_loss"]
         return total, {name: v.detach() for name, v in losses.items()}
 
     @torch.no_grad()
@@ -166,9 +171,15 @@ class TIPSv2MetaArch(nn.Module):
 
 
 def clip_terms(
-    student: TIPSModel, image: VisionOutput, batch: dict[str, torch.Tensor], two_cls: bool
+    student: TIPSModel,
+    image: VisionOutput,
+    batch: dict[str, torch.Tensor],
+    two_cls: bool,
+    pooled: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """L_CLIP: CLS1 ↔ its captions and (two CLS) CLS2 ↔ its captions, averaged."""
+    """L_CLIP: CLS1 ↔ its captions and (two CLS) CLS2 ↔ its captions, averaged; with
+    `pooled`, also `clip_pooled_loss`: the mean of the patch tokens [B, h, w, D] ↔ CLS1's
+    captions (not part of `clip_loss`; weighted by loss.pooled_clip_weight)."""
     tau = student.temperature
     ids, pad = batch["cls1_ids"], batch["cls1_pad"]
     if two_cls:  # one text pass for both caption sets
@@ -182,6 +193,11 @@ def clip_terms(
         out["clip_loss"] = 0.5 * (out["clip_cls1_loss"] + out["clip_cls2_loss"])
     else:
         out["clip_loss"] = out["clip_cls1_loss"]
+    if pooled:
+        # A linear pool: each patch's gradient is the caption's direction itself, so the
+        # text alignment is written into every patch, not only into what the CLS reads.
+        mean = l2_normalize(image.patch_tokens.float().mean((1, 2)))
+        out["clip_pooled_loss"] = clip_loss(mean, text[:b], tau)
     return out
 
 
