@@ -70,6 +70,7 @@ from tipsv2_core.data.worlds import World, get_world
 from tipsv2_core.eval import zeroshot_seg
 from tipsv2_core.eval.datasets import SegDataset, SegSample
 from tipsv2_core.eval.prompts import TCL_TEMPLATES, class_text_embeddings
+from tipsv2_core.eval.readers.shards import remap_labels
 from tipsv2_core.models.tips import TIPSModel, l2_normalize
 from tipsv2_core.models.vision import NUM_PREFIX_TOKENS
 from tipsv2_core.text.tokenizer import Tokenizer, train_tokenizer
@@ -92,7 +93,7 @@ def seg_dataset(images: torch.Tensor, labels: np.ndarray, world: World) -> SegDa
     """The held-out scenes as the platform's zero-shot segmentation reads a synthetic
     split (`tipsv2_core/eval/readers/shards.py`): the object classes, background pixels
     ignored as in ADE150, every other pixel scored."""
-    remapped = np.where((labels == 0) | (labels == IGNORE), IGNORE, labels - 1).astype(np.int64)
+    remapped = remap_labels(labels, background=False)
 
     def sample(i: int) -> SegSample:
         return SegSample(

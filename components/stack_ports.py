@@ -83,12 +83,12 @@ def choose_port(
         return requested
     if previous and previous not in exclude:
         deadline = time.monotonic() + wait_s
-        while not port_free(previous):
+        while True:
+            if port_free(previous):
+                return previous
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
-        else:
-            return previous
     port = free_port(exclude)
     if previous:
         print(

@@ -40,7 +40,9 @@ def _const(value):
     return lambda: value
 
 
-def _remap(mask: np.ndarray, background: bool) -> np.ndarray:
+def remap_labels(mask: np.ndarray, background: bool) -> np.ndarray:
+    """A shard's label map [H, W] as the evaluators read it: with `background`, as is;
+    without, background (0) ignored and the classes shifted down by one (PC59/ADE150)."""
     label = mask.astype(np.int64)
     if not background:
         ignore = (label == 0) | (label == IGNORE_INDEX)
@@ -72,7 +74,7 @@ def shard_eval_datasets(
         if sample.mask is None:
             raise ValueError(f"{info.path}: sample {sample.key!r} has no label map (.mask.png)")
         image: Image.Image = sample.image
-        label = _remap(sample.mask, background)
+        label = remap_labels(sample.mask, background)
         seg.append(SegSample(sample.key, _const(image), _const(label)))
         text = sample.meta.get(field)
         if not isinstance(text, str):
