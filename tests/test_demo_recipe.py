@@ -3,7 +3,7 @@
 It must finish on 2 cores within 10 minutes, both contrastive terms must fall, the
 self-distillation terms must stay off their uniform solution (ln K), the learning-curve
 probe must run every 100 steps, its final encoder must retrieve far better than the
-random-init encoder of its variant on the val split and reach twice its zero-shot mIoU,
+random-init encoder of its variant on the val split and reach 2.5× its zero-shot mIoU,
 and its final checkpoint must load with `tipsv2 embed`.
 """
 
@@ -75,11 +75,11 @@ def test_demo_recipe_trains_in_minutes_and_every_loss_falls(tmp_path):
     for key in ("i2t_r@10", "t2i_r@10"):
         assert trained[key] >= 0.06, (key, trained, floor)
         assert trained[key] >= 3 * max(floor[key], 0.01), (key, trained, floor)
-    # Zero-shot segmentation: the pooled-patch L_CLIP lifts the demo to ~11 % mIoU at
-    # 112 px on two seeds, against 3.9–4.5 % for the random-init encoder (README,
-    # "Learning dense alignment", item 10).
-    assert trained["miou"] >= 0.08, (trained, floor)
-    assert trained["miou"] >= 2 * floor["miou"], (trained, floor)
+    # Zero-shot segmentation: the pooled-patch L_CLIP and the constant learning rate lift
+    # the demo to 13–21 % mIoU at 112 px on three seeds, against 3.9–4.5 % for the
+    # random-init encoder (README, "Learning dense alignment", items 10 and 11).
+    assert trained["miou"] >= 0.12, (trained, floor)
+    assert trained["miou"] >= 2.5 * floor["miou"], (trained, floor)
 
     image = next((data / "shards").glob("val-*.tar"))
     import tarfile

@@ -58,7 +58,7 @@ def train(capsys, data: Path, out: Path, *extra: str) -> tuple[int, str]:
 def test_other_learning_rate_is_refused_naming_the_field(capsys, run_dir, datasets):
     rc, err = train(capsys, datasets[0], run_dir, "--set", "optim.lr=0.002")
     assert rc == 2
-    assert "optim.lr (0.0005 in the checkpoint, 0.002 now)" in err
+    assert "optim.lr (0.001 in the checkpoint, 0.002 now)" in err
     assert "cannot resume from step 4" in err and "--accept-changes" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -97,7 +97,7 @@ def test_the_pipeline_step_and_the_cluster_job_refuse_a_mismatch_too(run_dir, da
     from components.steps.train import train_model
     from components.train_entry import JobOptions, run_job
 
-    field = r"optim\.lr \(0\.0005 in the checkpoint, 0\.002 now\)"
+    field = r"optim\.lr \(0\.001 in the checkpoint, 0\.002 now\)"
     version = data_version(datasets[0])
     with pytest.raises(ResumeMismatch, match=field):
         train_model("pretrain", str(run_dir), str(datasets[0]), "", version=version,

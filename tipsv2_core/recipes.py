@@ -42,6 +42,10 @@ def demo() -> TrainConfig:
     5.0 → 10.9 / 10.8 % on two seeds), and the whole image as the global view (every
     alt-text names every object: a crop that cuts one off makes a wrong caption; with the
     pooled term 8.1 % with the paper's crops).
+
+    And a constant learning rate of 1e-3 after the warm-up instead of a cosine decay
+    (item 11): at 600 steps the patches are still learning when a cosine has already
+    brought the rate down; 10.9 % → 13.1–20.8 % on three seeds (mean 17.5 %).
     """
     return TrainConfig(
         recipe="demo",
@@ -56,7 +60,7 @@ def demo() -> TrainConfig:
         ),
         loss=LossCfg(clip_weight=4.0, ssl_warmup_frac=0.3, pooled_clip_weight=4.0),
         optim=OptimCfg(
-            lr=5e-4, min_lr=1e-5, warmup_frac=0.05, weight_decay=0.02, weight_decay_end=0.05
+            lr=1e-3, min_lr=1e-3, warmup_frac=0.05, weight_decay=0.02, weight_decay_end=0.05
         ),
         run=RunCfg(checkpoint_every=200, log_every=10, probe_every=100, probe_images=100),
         stages=[StageCfg("low_res", steps=600, batch_size=32, global_size=112, local_size=56)],
