@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tipsv2_core.data.classes import IGNORE_INDEX
 from tipsv2_core.data.synthetic import generate_scene
 from tipsv2_core.data.worlds import World, get_world
 from tipsv2_core.eval import zeroshot_seg
@@ -76,7 +77,6 @@ from tipsv2_core.models.vision import NUM_PREFIX_TOKENS
 from tipsv2_core.text.tokenizer import Tokenizer, train_tokenizer
 
 PATCH = 14
-IGNORE = 255
 
 
 def scenes(
@@ -107,14 +107,14 @@ def seg_dataset(images: torch.Tensor, labels: np.ndarray, world: World) -> SegDa
 
 def patch_labels(labels: np.ndarray) -> np.ndarray:
     """[n, S, S] label maps -> [n, S/14, S/14] class index (label - 1) of each patch that
-    one object covers at least half of, IGNORE elsewhere."""
+    one object covers at least half of, IGNORE_INDEX elsewhere."""
     n, s, _ = labels.shape
     g = s // PATCH
     blocks = labels.reshape(n, g, PATCH, g, PATCH).transpose(0, 1, 3, 2, 4).reshape(n, g, g, -1)
-    out = np.full((n, g, g), IGNORE)
+    out = np.full((n, g, g), IGNORE_INDEX)
     for idx in np.ndindex(n, g, g):
         b = blocks[idx]
-        b = b[(b > 0) & (b < IGNORE)]
+        b = b[(b > 0) & (b < IGNORE_INDEX)]
         if len(b) >= PATCH * PATCH // 2:
             out[idx] = np.bincount(b).argmax() - 1
     return out
@@ -124,7 +124,7 @@ def majority_class(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """[n, S, S] -> [n] index of the object class with most pixels."""
     out = []
     for lab in labels:
-        v = lab[(lab > 0) & (lab < IGNORE)]
+        v = lab[(lab > 0) & (lab < IGNORE_INDEX)]
         out.append(np.bincount(v, minlength=num_classes + 1)[1:].argmax())
     return np.array(out)
 
@@ -139,7 +139,7 @@ def measure(model, tok, names, images, patch_lab, majority, seg) -> dict[str, fl
     x = images.float() / 255
     out = model.vision(x)
     cls_pred = (l2_normalize(out.cls1) @ ce.T).argmax(1).numpy()
-    keep = patch_lab != IGNORE
+    keep = patch_lab != IGNORE_INDEX
     truth = patch_lab[keep]
 
     def scored(feats: torch.Tensor) -> np.ndarray:  # [n, h, w, D] -> predicted class per patch
@@ -203,8 +203,8 @@ def ridge_probe_accuracy(tokens: torch.Tensor, patch_lab: np.ndarray, num_classe
 
     def rows(part: slice) -> tuple[torch.Tensor, np.ndarray]:
         lab = patch_lab[part]
-        keep = torch.from_numpy(lab != IGNORE)
-        return feats[part][keep], lab[lab != IGNORE]
+        keep = torch.from_numpy(lab != IGNORE_INDEX)
+        return feats[part][keep], lab[lab != IGNORE_INDEX]
 
     x_fit, y_fit = rows(slice(0, half))
     x_test, y_test = rows(slice(half, None))
