@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.reference_tips import text_forward
+from tipsv2_core.models.text import trim_padding
 from tipsv2_core.text import Tokenizer, train_tokenizer
 
 pytestmark = pytest.mark.unit
@@ -45,6 +46,20 @@ def test_padding_does_not_change_the_embedding(nano):
     with torch.no_grad():
         a, b = nano.text(ids16, pads16), nano.text(ids64, pads64)
     torch.testing.assert_close(a, b, atol=TOL, rtol=0)
+
+
+def test_trim_padding_cuts_to_the_longest_text_and_keeps_the_embedding(nano):
+    ids, pads = _ids([7, 3, 11], 48)
+    short_ids, short_pads = trim_padding(ids, pads)
+    assert short_ids.shape == short_pads.shape == (3, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            nano.text(short_ids, short_pads), nano.text(ids, pads), atol=TOL, rtol=0
+        )
+    # All-empty batch: one column stays, so the encoder still has a sequence to read.
+    assert trim_padding(*_ids([0, 0], 8))[0].shape == (2, 1)
+    with pytest.raises(ValueError, match=r"ids \(2, 8\), paddings \(2, 7\)"):
+        trim_padding(ids[:2, :8], pads[:2, :7])
 
 
 def test_alone_or_in_a_batch_gives_the_same_embedding(nano):

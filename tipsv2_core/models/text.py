@@ -32,6 +32,24 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device | None = No
     return F.pad(signal, (0, dim % 2))[None]
 
 
+def trim_padding(ids: torch.Tensor, paddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drops the trailing columns that are padding in every row: ids, paddings [B, L] ->
+    [B, L'], L' = the longest text's length (at least 1).
+
+    Exact for `TextEncoder` (positions count from the first column; pad keys are masked
+    and pad positions left out of the pool), and it makes a batch of short captions cost
+    what its tokens cost, not what `text_max_len` costs: the demo's alt-texts are ~5 tokens
+    of 48. Eager only: the length depends on the data, so an exported graph must not
+    contain it (a trace would freeze the length it saw).
+    """
+    if ids.shape != paddings.shape or ids.ndim != 2:
+        shapes = f"ids {tuple(ids.shape)}, paddings {tuple(paddings.shape)}"
+        raise ValueError(f"{shapes}: expected two [B, L] tensors of one shape")
+    used = (paddings == 0).any(dim=0).nonzero()
+    length = max(int(used[-1]) + 1, 1) if used.numel() else 1
+    return ids[:, :length], paddings[:, :length]
+
+
 class TextAttention(nn.Module):
     """Self-attention laid out like `nn.MultiheadAttention` (in_proj_* / out_proj)."""
 
