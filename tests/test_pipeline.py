@@ -509,11 +509,14 @@ def test_validation_settings_are_checked_before_any_work():
 
 
 def test_cpu_quantities():
-    from components.steps.train import _cpus
+    from components.steps.train import _cpus, worker_cpus
 
     assert _cpus("2") == 2.0 and _cpus("500m") == 0.5
     with pytest.raises(ValueError):
         _cpus("0")
+    # One worker trains on the whole limit (torch threads = its share), not on one core.
+    assert worker_cpus(2.0, 1) == 2.0 and worker_cpus(4.0, 2) == 2.0
+    assert worker_cpus(1.0, 4) == 0.5
 
 
 def test_stop_pipeline_raises_with_the_summary():
