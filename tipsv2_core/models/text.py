@@ -48,7 +48,7 @@ def trim_padding(ids: torch.Tensor, paddings: torch.Tensor) -> tuple[torch.Tenso
     if ids.device.type == "meta":  # the dry run counts FLOPs on shapes alone: no data
         return ids, paddings
     used = (paddings == 0).any(dim=0).nonzero()
-    length = max(int(used[-1]) + 1, 1) if used.numel() else 1
+    length = int(used[-1]) + 1 if used.numel() else 1
     return ids[:, :length], paddings[:, :length]
 
 

@@ -184,7 +184,7 @@ def clip_terms(
     tau = student.temperature
     # One text pass per caption set, each cut to its longest caption: alt-texts are a few
     # tokens and the long captions fill `text_max_len`, so one pass over both would pay
-    # for every alt-text at the long captions' length (the demo's text tower: ~0.7×).
+    # for every alt-text at the long captions' length (demo step 1.11×, bench/text_trim.py).
     sets = ["cls1", "cls2"] if two_cls else ["cls1"]
     texts = [student.text(*trim_padding(batch[f"{s}_ids"], batch[f"{s}_pad"])) for s in sets]
     # Normalised in fp32: the towers' outputs are bf16 under bf16 autocast (no-op in fp32).
