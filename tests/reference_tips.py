@@ -67,10 +67,20 @@ def vision_forward(
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     b, _, hh, ww = images.shape
     h, w = hh // patch, ww // patch
-    # Patchify by hand: [B, 3, h, p, w, p] -> [B, h*w, 3*p*p], then one matmul.
     images = (images - input_mean) / input_std
-    pieces = images.reshape(b, 3, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5)
-    pieces = pieces.reshape(b, h * w, 3 * patch * patch)
+    if "patch_embed.stem.0.weight" in sd:  # a small variant's conv stem: 2×2 cells a patch
+        cell = patch // 2
+        wstem = sd["patch_embed.stem.0.weight"]  # [C, 3, cell, cell]
+        cells = images.reshape(b, 3, 2 * h, cell, 2 * w, cell).permute(0, 2, 4, 1, 3, 5)
+        cells = cells.reshape(b, 2 * h, 2 * w, 3 * cell * cell)
+        feats = cells @ wstem.reshape(wstem.shape[0], -1).T + sd["patch_embed.stem.0.bias"]
+        feats = 0.5 * feats * (1 + torch.erf(feats / math.sqrt(2)))  # exact GELU
+        c = feats.shape[-1]  # [B, 2h, 2w, C] -> [B, h*w, C*2*2] in the conv weight's order
+        pieces = feats.reshape(b, h, 2, w, 2, c).permute(0, 1, 3, 5, 2, 4)
+        pieces = pieces.reshape(b, h * w, c * 4)
+    else:  # patchify by hand: [B, 3, h, p, w, p] -> [B, h*w, 3*p*p], then one matmul
+        pieces = images.reshape(b, 3, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5)
+        pieces = pieces.reshape(b, h * w, 3 * patch * patch)
     wconv = sd["patch_embed.proj.weight"]
     x = pieces @ wconv.reshape(wconv.shape[0], -1).T + sd["patch_embed.proj.bias"]
     if masks is not None:

@@ -81,6 +81,31 @@ def test_grid_is_read_from_the_file(tmp_path):
     assert load_vision_npz(tmp_path / "v_vision.npz").pos_embed.shape == (1, 257, 96)
 
 
+def test_conv_stem_is_recorded_and_a_checkpoint_from_before_it_still_loads(tmp_path, nano):
+    # Our small sizes embed patches with a conv stem (VisionConfig.conv_stem); a checkpoint
+    # written before they had one has the linear patch embedding and no "conv_stem" in
+    # meta.json, and must load as what it is, natively and from its .npz files.
+    images = torch.rand(1, 3, 112, 112)
+    path = save_model(nano, tmp_path / "stem")
+    assert json.loads((path / "meta.json").read_text())["conv_stem"] == 48
+    assert load_native(path).vision.cfg.conv_stem == 48
+    torch.manual_seed(0)
+    old = randomize_(TIPSModel("nano14", conv_stem=0)).eval()
+    path = save_model(old, tmp_path / "old")
+    meta = json.loads((path / "meta.json").read_text())
+    del meta["conv_stem"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    export_official(old, tmp_path / "old_vision.npz", tmp_path / "old_text.npz")
+    npz = load_official(tmp_path / "old_vision.npz", tmp_path / "old_text.npz")
+    for back in (load_native(path), npz):
+        assert back.variant.name == "nano14" and back.vision.cfg.conv_stem == 0
+        assert "patch_embed.stem.0.weight" not in back.vision.state_dict()
+        with torch.no_grad():
+            torch.testing.assert_close(
+                back.eval().vision(images).cls1, old.vision(images).cls1, rtol=0, atol=0
+            )
+
+
 def test_loaded_model_gives_the_same_outputs(official_pair, nano):
     model = load_official(*official_pair).eval()
     images = torch.rand(1, 3, 112, 112)

@@ -98,7 +98,7 @@ def test_convert_both_directions_round_trips(release, tmp_path):
         assert set(a.files) == set(b.files)
         assert all(a[k].tobytes() == b[k].tobytes() for k in a.files)
     info = json.loads(run("model", "info", str(tmp_path / "native")).stdout)
-    assert info["variant"] == "nano14" and info["vision_params"] == 603_552
+    assert info["variant"] == "nano14" and info["vision_params"] == 572_640
     assert info["meta"]["source"]["vision"] == "tips_v2_nano_vision.npz"
 
 

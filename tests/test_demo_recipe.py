@@ -3,7 +3,7 @@
 It must finish on 2 cores within 10 minutes, both contrastive terms must fall, the
 self-distillation terms must stay off their uniform solution (ln K), the learning-curve
 probe must run every 100 steps, its final encoder must retrieve far better than the
-random-init encoder of its variant on the val split and reach 2.5× its zero-shot mIoU,
+random-init encoder of its variant on the val split and reach 5× its zero-shot mIoU,
 and its final checkpoint must load with `tipsv2 embed`.
 """
 
@@ -67,19 +67,20 @@ def test_demo_recipe_trains_in_minutes_and_every_loss_falls(tmp_path):
     first_clip = rows[0]["train/clip_loss"]
     assert rows[-1]["train/clip_loss"] < first_clip - 0.3  # ln 32 = 3.47 at the start
 
-    # Retrieval on the 403 val images (chance R@10 = 2.5 %): `make run` trains on this very
-    # dataset and measured T→I R@10 13.9 % (13.2–13.7 % both ways with τ starting at 0.1)
-    # against 1.0–2.0 % for the random-init encoder. R@1 (0.5–2 %) is too close to chance
-    # to assert.
+    # Retrieval on the 403 val images (chance R@1 = 0.25 %, R@10 = 2.5 %): `make run`
+    # trains on this very dataset and measured R@1 7.0 / 7.2 % and R@10 42 / 44 % (I→T /
+    # T→I) against 0–0.25 % and 2.0 / 3.7 % for the random-init encoder.
     trained, floor = _against_random_init(data, out)
     for key in ("i2t_r@10", "t2i_r@10"):
-        assert trained[key] >= 0.06, (key, trained, floor)
+        assert trained[key] >= 0.2, (key, trained, floor)
         assert trained[key] >= 3 * max(floor[key], 0.01), (key, trained, floor)
-    # Zero-shot segmentation: the pooled-patch L_CLIP and the constant learning rate lift
-    # the demo to 13–21 % mIoU at 112 px on three seeds, against 3.9–4.5 % for the
-    # random-init encoder (README, "Learning dense alignment", items 10 and 11).
-    assert trained["miou"] >= 0.12, (trained, floor)
-    assert trained["miou"] >= 2.5 * floor["miou"], (trained, floor)
+    for key in ("i2t_r@1", "t2i_r@1"):
+        assert trained[key] >= 0.03, (key, trained, floor)  # 12× chance
+    # Zero-shot segmentation: with nano14's conv stem the demo reaches 29–32 % mIoU at
+    # 112 px (two seeds and `make run`), against 3.9–4.5 % for the random-init encoder
+    # (README, "Learning dense alignment", item 13).
+    assert trained["miou"] >= 0.22, (trained, floor)
+    assert trained["miou"] >= 5 * floor["miou"], (trained, floor)
 
     image = next((data / "shards").glob("val-*.tar"))
     import tarfile
@@ -94,7 +95,7 @@ def test_demo_recipe_trains_in_minutes_and_every_loss_falls(tmp_path):
 
 
 def _against_random_init(data: Path, out: Path) -> tuple[dict, dict]:
-    """Retrieval R@10 both ways and zero-shot mIoU on the val split, at the demo's 112 px:
+    """Retrieval R@1 and R@10 both ways and zero-shot mIoU on the val split, at the demo's 112 px:
     the trained encoder's and a random-init one's."""
     from tipsv2_core.eval.controls import random_init_metrics
     from tipsv2_core.eval.protocol import run_evaluation
@@ -119,7 +120,7 @@ def _against_random_init(data: Path, out: Path) -> tuple[dict, dict]:
         return {
             k.rsplit("/", 1)[-1]: v
             for k, v in metrics.items()
-            if k.endswith("r@10") or k.endswith("/miou")
+            if k.endswith(("r@1", "r@10", "/miou"))
         }
 
     return short(trained), short(floor)

@@ -113,6 +113,23 @@ def test_same_grid_keeps_the_table_and_v1_grid_works():
         assert torch.equal(v1.interpolate_pos_encoding(16, 16, torch.float32), v1.pos_embed)
 
 
+def test_small_variants_embed_patches_with_a_conv_stem(nano):
+    # Each 14-px patch is 2×2 cells of 7 px through the stem, then one 2×2 projection: the
+    # token grid is the linear patchify's (the reference tests above check the maths).
+    pe = nano.vision.patch_embed
+    assert pe.stem is not None and pe.stem[0].weight.shape == (48, 3, 7, 7)
+    assert pe.proj.weight.shape == (96, 48, 2, 2)
+    assert TIPSModel("b14").vision.cfg.conv_stem == 0  # official sizes: as released
+    # A token depends on its own patch's pixels only (no overlap across patches).
+    images = torch.rand(1, 3, 112, 112)
+    moved = images.clone()
+    moved[..., :14, :14] = torch.rand(3, 14, 14)
+    with torch.no_grad():
+        a, b = pe(images), pe(moved)
+    changed = (a - b).abs().amax(-1) > 0
+    assert changed[0, 0] and not changed[0, 1:].any()
+
+
 def test_intermediate_layers(nano):
     images = torch.rand(1, 3, 112, 112)
     with torch.no_grad():

@@ -293,6 +293,7 @@ def _meta(
         "format_version": FORMAT_VERSION,
         "variant": model.variant.name,
         "pos_grid": model.vision.cfg.pos_grid,
+        "conv_stem": model.vision.cfg.conv_stem,
         "patch_size": model.vision.patch_size,
         "text_max_len": model.text.cfg.max_len,
         "temperature": float(model.temperature.detach()),

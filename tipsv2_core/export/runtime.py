@@ -206,7 +206,9 @@ def _variant(meta: dict[str, Any], variant: str | None) -> Variant:
     v = get_variant(meta["variant"])
     if variant is not None and get_variant(variant).name != v.name:
         raise CheckpointError(f"ONNX export holds variant {v.name!r}, not {variant!r}")
-    return replace(v, vision=replace(v.vision, pos_grid=meta["pos_grid"]))
+    # An export without "conv_stem" predates the small variants' conv stem (0).
+    vision = replace(v.vision, pos_grid=meta["pos_grid"], conv_stem=meta.get("conv_stem", 0))
+    return replace(v, vision=vision)
 
 
 def load_onnx_model(

@@ -28,6 +28,7 @@ def save_model(
         "kind": "tips_model",
         "variant": model.variant.name,
         "pos_grid": model.vision.cfg.pos_grid,
+        "conv_stem": model.vision.cfg.conv_stem,
         **(meta or {}),
     }
     return save_checkpoint(path, model.state_dict(), info)
@@ -41,7 +42,9 @@ def load_native(path: str | os.PathLike, variant: str | None = None) -> TIPSMode
         raise CheckpointError(f"{path}: meta.json has no 'variant'")
     if variant is not None and get_variant(variant).name != get_variant(name).name:
         raise CheckpointError(f"{path}: holds variant {name!r}, not {variant!r}")
-    model = TIPSModel(name, pos_grid=meta.get("pos_grid"))
+    # A checkpoint without "conv_stem" predates the small variants' conv stem: it has the
+    # linear patch embedding (0), whatever the variant's default is now.
+    model = TIPSModel(name, pos_grid=meta.get("pos_grid"), conv_stem=meta.get("conv_stem", 0))
     if "temperature" in tensors:
         model.temperature = torch.nn.Parameter(torch.empty_like(tensors["temperature"]))
     try:

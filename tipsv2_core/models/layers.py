@@ -21,6 +21,13 @@ class PatchEmbed(nn.Module):
 
     Pixels are standardised first, (x - mean) / std, where a variant asks for it (see
     VisionConfig.input_mean); with mean 0 and std 1 the input goes in untouched.
+
+    With `stem_channels` C > 0 (our small variants, VisionConfig.conv_stem) the patch is
+    embedded by an early convolution instead of one linear map: `stem` cuts each p×p
+    patch into 2×2 cells of p/2 pixels, [B, C, 2h, 2w] after a GELU, and `proj` maps the
+    2×2 cells to D. Each patch's token is then a non-linear function of its own pixels
+    (textures), as in "Early Convolutions Help Transformers See Better" (Xiao et al.,
+    2021); the patches still do not overlap, so the token grid and masking are unchanged.
     """
 
     def __init__(
@@ -30,11 +37,22 @@ class PatchEmbed(nn.Module):
         in_chans: int = 3,
         mean: float = 0.0,
         std: float = 1.0,
+        stem_channels: int = 0,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.mean, self.std = float(mean), float(std)
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.stem: nn.Sequential | None = None
+        if stem_channels:
+            if patch_size % 2:
+                raise ValueError(f"a conv stem needs an even patch size, got {patch_size}")
+            cell = patch_size // 2
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, stem_channels, kernel_size=cell, stride=cell), nn.GELU()
+            )
+            self.proj = nn.Conv2d(stem_channels, embed_dim, kernel_size=2, stride=2)
+        else:
+            self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape
@@ -46,6 +64,8 @@ class PatchEmbed(nn.Module):
             )
         if self.mean != 0.0 or self.std != 1.0:
             x = (x - self.mean) / self.std
+        if self.stem is not None:
+            x = self.stem(x)
         return self.proj(x).flatten(2).transpose(1, 2)
 
 

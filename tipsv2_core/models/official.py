@@ -25,6 +25,7 @@ from tipsv2_core.models.variants import VARIANTS, Variant, get_variant
 from tipsv2_core.models.vision import VisionTransformer
 
 TEMPERATURE_KEY = "temperature"
+STEM_KEY = "patch_embed.stem.0.weight"  # only in our small variants' files (conv stem)
 Shapes = dict[str, tuple[int, ...]]
 
 
@@ -71,10 +72,12 @@ def _shapes(module: nn.Module) -> Shapes:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def vision_shapes(variant: Variant, pos_grid: int | None = None) -> Shapes:
+def vision_shapes(
+    variant: Variant, pos_grid: int | None = None, conv_stem: int | None = None
+) -> Shapes:
     """Expected vision keys and shapes of a variant (built on the meta device: no memory)."""
     with torch.device("meta"):
-        return _shapes(TIPSModel(variant, pos_grid=pos_grid).vision)
+        return _shapes(TIPSModel(variant, pos_grid=pos_grid, conv_stem=conv_stem).vision)
 
 
 def text_shapes(variant: Variant) -> Shapes:
@@ -92,6 +95,13 @@ def _pos_grid_of(found: Shapes) -> int | None:
         return None
     g = math.isqrt(shape[1] - 1)
     return g if g * g == shape[1] - 1 else None
+
+
+def _conv_stem_of(found: Shapes) -> int:
+    """C of a vision file's conv stem (`patch_embed.stem.0.weight` [C, 3, p/2, p/2]); 0
+    for the linear patch embedding (every official file)."""
+    shape = found.get(STEM_KEY)
+    return shape[0] if shape else 0
 
 
 def _fitting(found: Shapes, expected_of) -> list[str]:
@@ -150,15 +160,16 @@ def _resolve(path: Path, found: Shapes, variant: str | None, expected_of, what: 
 def load_vision_npz(path: str | os.PathLike, variant: str | None = None) -> VisionTransformer:
     """Builds the image encoder an official vision `.npz` describes and loads it strictly.
 
-    The position grid (16 for v1, 32 for v2, or any square grid) is read off `pos_embed`;
+    The position grid (16 for v1, 32 for v2, or any square grid) is read off `pos_embed`,
+    and a small variant's conv stem (absent from official files) off its weight;
     `variant` may be omitted when the shapes identify it.
     """
     path = Path(path)
     arrays = read_npz(path)
     found = {k: tuple(v.shape) for k, v in arrays.items()}
-    grid = _pos_grid_of(found)
-    v = _resolve(path, found, variant, lambda v: vision_shapes(v, grid), "vision tower")
-    model = TIPSModel(v, pos_grid=grid).vision
+    grid, stem = _pos_grid_of(found), _conv_stem_of(found)
+    v = _resolve(path, found, variant, lambda v: vision_shapes(v, grid, stem), "vision tower")
+    model = TIPSModel(v, pos_grid=grid, conv_stem=stem).vision
     model.load_state_dict(_to_tensors(arrays), strict=True)
     return model
 
@@ -208,6 +219,7 @@ def text_arrays(model: TextEncoder, temperature: torch.Tensor) -> dict[str, np.n
 def export_official(
     model: TIPSModel, vision_path: str | os.PathLike, text_path: str | os.PathLike
 ) -> None:
-    """Writes the two official `.npz` files, loadable by the official inference code."""
+    """Writes the two official `.npz` files, loadable by the official inference code (a
+    small variant's conv stem has no counterpart there: such files load here only)."""
     write_npz(vision_path, vision_arrays(model.vision))
     write_npz(text_path, text_arrays(model.text, model.temperature))

@@ -53,11 +53,17 @@ class TIPSModel(TwoTowers, nn.Module):
     `temperature`, so each tower's official `.npz` maps onto a key prefix.
     """
 
-    def __init__(self, variant: Variant | str, pos_grid: int | None = None) -> None:
+    def __init__(
+        self, variant: Variant | str, pos_grid: int | None = None, conv_stem: int | None = None
+    ) -> None:
+        """pos_grid / conv_stem: the variant's unless given (a checkpoint's own: a TIPS v1
+        16×16 position table, or a small variant saved before it had a conv stem: 0)."""
         super().__init__()
         v = get_variant(variant) if isinstance(variant, str) else variant
         if pos_grid is not None and pos_grid != v.vision.pos_grid:
             v = replace(v, vision=replace(v.vision, pos_grid=pos_grid))
+        if conv_stem is not None and conv_stem != v.vision.conv_stem:
+            v = replace(v, vision=replace(v.vision, conv_stem=conv_stem))
         self.variant = v
         self.vision = VisionTransformer(v.vision)
         self.text = TextEncoder(v.text)
@@ -69,12 +75,14 @@ class TIPSModel(TwoTowers, nn.Module):
         matches = [
             v
             for v in VARIANTS.values()
-            if replace(v.vision, pos_grid=vision.cfg.pos_grid) == vision.cfg and v.text == text.cfg
+            if replace(v.vision, pos_grid=vision.cfg.pos_grid, conv_stem=vision.cfg.conv_stem)
+            == vision.cfg
+            and v.text == text.cfg
         ]
         if not matches:
             raise ValueError("the vision and text towers do not form a known variant")
         with torch.device("meta"):
-            model = cls(matches[0], pos_grid=vision.cfg.pos_grid)
+            model = cls(matches[0], pos_grid=vision.cfg.pos_grid, conv_stem=vision.cfg.conv_stem)
         model.vision, model.text = vision, text
         model.temperature = nn.Parameter(torch.tensor(INIT_TEMPERATURE))
         return model

@@ -49,7 +49,9 @@ class VisionTransformer(nn.Module):
         self.cfg = cfg
         d = cfg.embed_dim
         self.patch_size = cfg.patch_size
-        self.patch_embed = PatchEmbed(cfg.patch_size, d, mean=cfg.input_mean, std=cfg.input_std)
+        self.patch_embed = PatchEmbed(
+            cfg.patch_size, d, mean=cfg.input_mean, std=cfg.input_std, stem_channels=cfg.conv_stem
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.pos_grid**2, d))
         self.register_tokens = nn.Parameter(torch.zeros(1, 1, d))  # CLS2
