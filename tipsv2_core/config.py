@@ -117,6 +117,9 @@ class OptimCfg:
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup_frac: float = 0.1
+    # The last decay_frac of all steps decay the rate to min_lr (half-cosine); before
+    # them, after the warm-up, it stays at lr. 1.0: the decay starts after the warm-up.
+    decay_frac: float = 1.0
     weight_decay: float = 0.04
     weight_decay_end: float = 0.2
     beta1: float = 0.9
@@ -284,6 +287,7 @@ _POSITIVE = (
 _FRACTION = (
     "data.flip_p",
     "optim.warmup_frac",
+    "optim.decay_frac",
     "loss.teacher_temp_warmup_frac",
     "loss.center_momentum",
 )

@@ -43,7 +43,7 @@ from tipsv2_core.train.checkpointing import (
 )
 from tipsv2_core.train.optim import build_optimizer, set_hyperparams
 from tipsv2_core.train.probe import Probe
-from tipsv2_core.train.schedules import cosine, linear_warmup, warmup_cosine
+from tipsv2_core.train.schedules import cosine, linear_warmup, warmup_stable_decay
 from tipsv2_core.train.tokenizer_setup import ensure_tokenizer
 
 
@@ -67,7 +67,7 @@ def _check_precision(cfg: TrainConfig, device: torch.device) -> None:
     if bf16 and device.type == "cpu" and not precision.cpu_has_bf16():
         warnings.warn(
             "run.precision=bf16 on a CPU without AVX512-BF16/AMX: bf16 is emulated and "
-            "slower than fp32",
+            "slower than fp32 (set run.precision=fp32)",
             stacklevel=3,
         )
 
@@ -236,6 +236,7 @@ def run_training(
     stage_idx, it = -1, None
     end = total if stop_after is None else min(total, start + stop_after)
     warmup = int(cfg.optim.warmup_frac * total)
+    decay = round(cfg.optim.decay_frac * total)
     t_warm = int(cfg.loss.teacher_temp_warmup_frac * total)
     arch.train()
     t_last, seen = time.perf_counter(), 0
@@ -253,7 +254,7 @@ def run_training(
                 world,
             )
             stage_idx = idx
-        lr = warmup_cosine(cfg.optim.lr, cfg.optim.min_lr, warmup, step, total)
+        lr = warmup_stable_decay(cfg.optim.lr, cfg.optim.min_lr, warmup, decay, step, total)
         wd = cosine(cfg.optim.weight_decay, cfg.optim.weight_decay_end, step, total)
         set_hyperparams(opt, lr, wd)
         teacher_temp = linear_warmup(

@@ -12,11 +12,21 @@ def cosine(start: float, end: float, step: int, total: int) -> float:
     return end + 0.5 * (start - end) * (1 + math.cos(math.pi * step / total))
 
 
-def warmup_cosine(peak: float, floor: float, warmup: int, step: int, total: int) -> float:
-    """Linear warm-up from 0 to `peak` over `warmup` steps, then cosine down to `floor`."""
+def warmup_stable_decay(
+    peak: float, floor: float, warmup: int, decay: int, step: int, total: int
+) -> float:
+    """Linear warm-up to `peak` over `warmup` steps, `peak` held, then a half-cosine down
+    to `floor` over the last `decay` steps (warm-up / stable / decay, Hu et al. 2024).
+
+    With `decay >= total - warmup` the decay starts right after the warm-up (the usual
+    warm-up + cosine). A short decay at the end keeps the rate high while the model still
+    learns and still ends on a small rate, so the final weights are not one noisy sample
+    of a constant-rate trajectory.
+    """
     if step < warmup:
         return peak * (step + 1) / warmup
-    return cosine(peak, floor, step - warmup, total - warmup)
+    decay = min(decay, total - warmup)
+    return cosine(peak, floor, step - (total - decay), decay) if step >= total - decay else peak
 
 
 def linear_warmup(start: float, end: float, step: int, warmup: int) -> float:
