@@ -61,6 +61,9 @@ def tiny(dataset, *overrides, steps=20):
             # whole curves are compared by bench/bf16.py.
             "optim.lr=5e-4",
             "optim.min_lr=1e-5",
+            "optim.decay_frac=1.0",
+            # The demo recipe trains in bf16; these runs are fp32 unless a test says so.
+            "run.precision=fp32",
             *overrides,
         ],
     )
@@ -122,7 +125,7 @@ def test_bf16_distillation_tracks_fp32(dataset, tmp_path):
 def test_fp32_is_the_cpu_default_and_bit_exact(dataset, tmp_path):
     assert precision.resolve("auto", "cpu") == "fp32"
     assert precision.resolve("auto", "cuda") == "bf16"
-    a = pretrain(tiny(dataset, steps=3), tmp_path / "auto", progress=False)  # run.precision=auto
+    a = pretrain(tiny(dataset, "run.precision=auto", steps=3), tmp_path / "auto", progress=False)
     b = pretrain(tiny(dataset, "run.precision=fp32", steps=3), tmp_path / "fp32", progress=False)
     sa, sb = (
         float_tensors(a.out / "checkpoints/step_00000003"),

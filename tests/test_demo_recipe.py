@@ -3,7 +3,7 @@
 It must finish on 2 cores within 10 minutes, both contrastive terms must fall, the
 self-distillation terms must stay off their uniform solution (ln K), the learning-curve
 probe must run every 100 steps, its final encoder must retrieve far better than the
-random-init encoder of its variant on the val split and reach 5× its zero-shot mIoU,
+random-init encoder of its variant on the val split and reach 6× its zero-shot mIoU,
 and its final checkpoint must load with `tipsv2 embed`.
 """
 
@@ -51,11 +51,11 @@ def test_demo_recipe_trains_in_minutes_and_every_loss_falls(tmp_path):
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in logged if "train/loss" in r]
     probes = [r for r in logged if "probe/zeroshot_seg/miou" in r]
-    assert rows[-1]["step"] == 600
-    assert [r["step"] for r in probes] == list(range(100, 601, 100))
+    assert rows[-1]["step"] == 1000
+    assert [r["step"] for r in probes] == list(range(100, 1001, 100))
     # Compare after every warm-up (LR, teacher temperature, α/β ramp: 30 % of the run):
-    # medians of the first five logs after step 200 against the last five.
-    after = [r for r in rows if r["step"] > 200]
+    # medians of the first five logs after step 300 against the last five.
+    after = [r for r in rows if r["step"] > 300]
     for term in ("clip_cls1_loss", "clip_cls2_loss"):
         early = statistics.median(r[f"train/{term}"] for r in after[:5])
         late = statistics.median(r[f"train/{term}"] for r in after[-5:])
@@ -76,11 +76,11 @@ def test_demo_recipe_trains_in_minutes_and_every_loss_falls(tmp_path):
         assert trained[key] >= 3 * max(floor[key], 0.01), (key, trained, floor)
     for key in ("i2t_r@1", "t2i_r@1"):
         assert trained[key] >= 0.03, (key, trained, floor)  # 12× chance
-    # Zero-shot segmentation: with nano14's conv stem the demo reaches 29–32 % mIoU at
-    # 112 px (two seeds and `make run`), against 3.9–4.5 % for the random-init encoder
-    # (README, "Learning dense alignment", item 13).
-    assert trained["miou"] >= 0.22, (trained, floor)
-    assert trained["miou"] >= 5 * floor["miou"], (trained, floor)
+    # Zero-shot segmentation: 1,000 bf16 steps with the rate decayed at the end reach
+    # 42 / 47 % mIoU at 112 px on two seeds, against 3.9–4.5 % for the random-init
+    # encoder (README, "Learning dense alignment", item 14).
+    assert trained["miou"] >= 0.3, (trained, floor)
+    assert trained["miou"] >= 6 * floor["miou"], (trained, floor)
 
     image = next((data / "shards").glob("val-*.tar"))
     import tarfile
