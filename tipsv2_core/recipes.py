@@ -52,9 +52,10 @@ def demo() -> TrainConfig:
     30.4 / 29.0 % at 600 steps on two seeds, against 16.9 / 15.5 % with one linear map.
 
     The step runs under bf16 autocast (item 14; `run.precision`): 1.26× faster on a CPU
-    with AVX512-BF16 or AMX (and on a GPU), which buys the 1,000 steps within `make run`'s
-    10 minutes; at 600 steps it scored 34.8 / 36.9 % against fp32's 30.4 / 29.0 %. On a
-    CPU without native bf16 it is emulated and slower: `--set run.precision=fp32` there.
+    with AVX512-BF16 or AMX (and on a GPU), which buys the 1,000 steps (`make run` ~7
+    minutes on 2 cores at ~110 img/s, over 10 when the cores run at ~75); at 600 steps
+    it scored 34.8 / 36.9 % against fp32's 30.4 / 29.0 %. On a CPU without native bf16
+    it is emulated and slower: `--set run.precision=fp32` there.
     """
     return TrainConfig(
         recipe="demo",
@@ -147,8 +148,8 @@ def distill_demo() -> TrainConfig:
     "pre/train": at scale the text tower's start hardly matters). At this budget it does:
     zero-shot mIoU 34.6 % against 19.8 % from a random text tower at 300 steps, 12.0 %
     against 0.8 % at 100 (README, "Learning dense alignment", item 14). 200 steps (23.2 %)
-    keep `make run` within its 10 minutes on a slow spell of the host. A student whose
-    text tower has another shape than the teacher's trains it from scratch.
+    cost `make run` ~30 s less than 300. A student whose text tower has another shape
+    than the teacher's trains it from scratch.
     """
     cfg = demo()
     cfg.recipe = "distill_demo"
