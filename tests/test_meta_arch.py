@@ -200,3 +200,19 @@ def test_distillation_student_can_start_from_the_teacher_vision_encoder():
         DistillMetaArch(
             small_cfg("distill.init_student_from_teacher=true", "model.variant=ti14"), teacher
         )
+
+
+def test_a_student_text_tower_starts_from_the_teacher_only_where_it_fits(capsys):
+    from tipsv2_core.recipes import get_recipe
+    from tipsv2_core.train.distill_arch import text_from_teacher_only_where_it_fits
+
+    same = get_recipe("distill_demo", distill=True)
+    assert same.distill.init_text_from_teacher  # the recipe's choice (Tab. 2 row 5)
+    text_from_teacher_only_where_it_fits(same, "nano14")
+    assert same.distill.init_text_from_teacher and capsys.readouterr().out == ""
+
+    other = get_recipe("distill_demo", distill=True)
+    other.model.variant = "ti14"  # a wider text tower than nano14's
+    text_from_teacher_only_where_it_fits(other, "nano14")
+    assert not other.distill.init_text_from_teacher
+    assert "trains from scratch" in capsys.readouterr().out

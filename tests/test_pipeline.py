@@ -881,19 +881,3 @@ def test_run_log_shows_a_long_steps_progress_lines(tmp_path):
     assert "pretrain nano14: step 2/4 (50%) loss 3.1000 9.0 img/s ETA 4s" in console.getvalue()
     assert "[progress] pretrain nano14" in (tmp_path / "run.log").read_text()
     assert [s.name for s in rl.steps] == ["pretrain"]
-
-
-def test_a_student_text_tower_starts_from_the_teacher_only_where_it_fits(capsys):
-    from components.steps.train import _text_from_teacher_only_where_it_fits
-    from tipsv2_core.recipes import get_recipe
-
-    same = get_recipe("distill_demo", distill=True)
-    assert same.distill.init_text_from_teacher  # the recipe's choice (Tab. 2 row 5)
-    _text_from_teacher_only_where_it_fits(same, "nano14")
-    assert same.distill.init_text_from_teacher and capsys.readouterr().out == ""
-
-    other = get_recipe("distill_demo", distill=True)
-    other.model.variant = "ti14"  # a wider text tower than nano14's
-    _text_from_teacher_only_where_it_fits(other, "nano14")
-    assert not other.distill.init_text_from_teacher
-    assert "trains from scratch" in capsys.readouterr().out

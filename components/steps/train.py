@@ -8,12 +8,9 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tipsv2_core.uri import strip_file_scheme
-
-if TYPE_CHECKING:
-    from tipsv2_core.config import TrainConfig
 
 
 def _cpus(cpu_limit: str) -> float:
@@ -80,6 +77,7 @@ def train_model(
     from components.run_guard import guarded_run
     from tipsv2_core.config import apply_overrides, validate
     from tipsv2_core.recipes import get_recipe
+    from tipsv2_core.train.distill_arch import text_from_teacher_only_where_it_fits
 
     if kind not in ("pretrain", "distill"):
         raise ValueError(f"kind must be pretrain or distill, got {kind!r}")
@@ -100,7 +98,7 @@ def train_model(
         cfg.distill.teacher = strip_file_scheme(teacher)
         if student_variant:
             cfg.model.variant = student_variant
-        _text_from_teacher_only_where_it_fits(cfg, get_recipe(recipe).model.variant)
+        text_from_teacher_only_where_it_fits(cfg, get_recipe(recipe).model.variant)
     # A bad override fails here, before any job; the Ray job gets this very config.
     cfg = validate(apply_overrides(cfg, sets))
     if ray_address:
@@ -227,21 +225,3 @@ def train_step(
     resources = {"cpu": cpus, "memory": memory, "gpus": gpus, "accelerator": accelerator,
                  "node_selector": node_selector, "tolerations": tolerations}  # fmt: skip
     return {**doc, "resources": resources}
-
-
-def _text_from_teacher_only_where_it_fits(cfg: TrainConfig, teacher_variant: str) -> None:
-    """The distillation recipe starts the student's text tower from the teacher's (the
-    paper's Tab. 2 row 5); a student of another size has a text tower of another shape,
-    which then trains from scratch instead of failing the run."""
-    from tipsv2_core.models.variants import get_variant
-
-    student = cfg.model.variant
-    if cfg.distill.init_text_from_teacher and (
-        get_variant(student).text != get_variant(teacher_variant).text
-    ):
-        cfg.distill.init_text_from_teacher = False
-        print(
-            f"distill: the {teacher_variant} teacher's text tower does not fit {student}'s; "
-            "the student's text tower trains from scratch",
-            flush=True,
-        )

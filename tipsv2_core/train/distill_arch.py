@@ -19,6 +19,7 @@ from tipsv2_core.errors import CheckpointError
 from tipsv2_core.losses import cosine_distill_loss
 from tipsv2_core.models.io import load_model
 from tipsv2_core.models.tips import TIPSModel
+from tipsv2_core.models.variants import get_variant
 from tipsv2_core.train.meta_arch import TEMPERATURE_RANGE, clip_terms, uses_cls2
 
 
@@ -117,3 +118,20 @@ class DistillMetaArch(nn.Module):
     @torch.no_grad()
     def after_step(self) -> None:
         self.student.temperature.clamp_(*TEMPERATURE_RANGE)
+
+
+def text_from_teacher_only_where_it_fits(cfg: TrainConfig, teacher_variant: str) -> None:
+    """The distillation recipe starts the student's text tower from the teacher's (the
+    paper's Tab. 2 row 5); a student of another size has a text tower of another shape,
+    which then trains from scratch instead of failing the run (an explicit
+    `distill.init_text_from_teacher=true` set after this still fails, in DistillMetaArch)."""
+    student = cfg.model.variant
+    if cfg.distill.init_text_from_teacher and (
+        get_variant(student).text != get_variant(teacher_variant).text
+    ):
+        cfg.distill.init_text_from_teacher = False
+        print(
+            f"distill: the {teacher_variant} teacher's text tower does not fit {student}'s; "
+            "the student's text tower trains from scratch",
+            flush=True,
+        )
