@@ -79,6 +79,7 @@ STUDY_BASE = (
     "optim.min_lr=1e-3",
     "optim.decay_frac=1.0",
     "distill.init_text_from_teacher=false",
+    "optim.fused=false",
 )
 STUDY_STEPS = 600
 BASELINE = ("loss.ibot_mode=ibot", "ema.mode=full", "data.caption_strategy=two_cls_medium")

@@ -36,11 +36,29 @@ def param_groups(module: nn.Module) -> list[dict[str, Any]]:
     ]
 
 
+def fused_supported(groups: list[dict[str, Any]]) -> bool:
+    """Whether torch's fused AdamW kernel can update every parameter (float, CPU or CUDA).
+
+    On CPU torch's default is a Python loop over the tensors (foreach is CUDA-only by
+    default): for the demo's ~150 parameter tensors that loop was ~10 % of a bf16 step;
+    the fused kernel gives the same update up to float rounding (tests/test_optim.py).
+    """
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    )
+
+
 def build_optimizer(module: nn.Module, cfg: OptimCfg) -> torch.optim.Optimizer:
+    """The optimiser over `module`'s trainable parameters (built after they are placed)."""
     groups = param_groups(module)
     if cfg.name == "adamw":
         return torch.optim.AdamW(
-            groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
+            groups,
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            weight_decay=cfg.weight_decay,
+            fused=(cfg.fused and fused_supported(groups)) or None,
         )
     if cfg.name == "adafactor":  # the paper's optimiser
         return torch.optim.Adafactor(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
