@@ -1,11 +1,11 @@
 """The paper's ablations (TIPSv2 Tab. 4, Tab. 2 and the mask-ratio sweep) on synthetic data.
 
 Every row trains the `demo` recipe (nano14 at 112 px, batch 32) as the study measured it
-(`STUDY_BASE`: 600 steps in fp32 at a constant learning rate; the demo itself has since
-moved to 1,000 bf16 steps with a decay at the end, which would take the study past its
-90 minutes) with one or more switches set, on one synthetic dataset of the default
-(`dense`) world, for several seeds, then evaluates the final encoder on the dataset's
-val split with the project's evaluators:
+(`STUDY_BASE`: 600 steps in fp32 at a constant learning rate, 4 local crops; the demo
+itself has since moved to 1,100 bf16 steps with 2 local crops and a decay at the end,
+which would take the study past its 90 minutes) with one or more switches set, on one
+synthetic dataset of the default (`dense`) world, for several seeds, then evaluates the
+final encoder on the dataset's val split with the project's evaluators:
 
 - cumulative (Tab. 4): TIPS baseline (iBOT, full EMA, alt-text + medium captions)
   → + iBOT++ → + multi-granularity captions → + head-only EMA (= TIPSv2, the `demo` recipe);
@@ -80,6 +80,7 @@ STUDY_BASE = (
     "optim.decay_frac=1.0",
     "distill.init_text_from_teacher=false",
     "optim.fused=false",
+    "data.num_local=4",
 )
 STUDY_STEPS = 600
 BASELINE = ("loss.ibot_mode=ibot", "ema.mode=full", "data.caption_strategy=two_cls_medium")

@@ -3,8 +3,8 @@
 Five measurements, each fp32 and bf16 side by side in this one process:
 
 1. GEMM rates: a 2048³ matmul in fp32 and in bf16 (best of 5) — the two ceilings.
-2. The `demo` recipe's training step (nano14, 112/56 px, batch 32, 4 local crops, all
-   losses, backward, AdamW, EMA; random batches), fp32 and `run.precision=bf16`
+2. The `demo` recipe's training step (nano14, 112/56 px, batch 32, its 2 local crops,
+   all losses, backward, AdamW, EMA; random batches), fp32 and `run.precision=bf16`
    interleaved; MFU of each against *both* GEMM rates.
 3. The loss curve over `--curve-steps` real training steps on synthetic data: bf16 and
    fp32 from the same seed, and fp32 from a second seed; the bf16-vs-fp32 deviation of
@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._measure import interleaved_times, median, write_results
-from bench.train_step import build, make_batch, matmul_rate
+from bench.train_step import build, make_batch, matmul_rate, step_fn
 from tests.conftest import randomize_
 from tipsv2_core import precision
 from tipsv2_core.config import apply_overrides
@@ -69,16 +69,7 @@ def training_step(reps: int, rates: dict[str, float]) -> dict:
 
     def make(p: str):
         arch, opt = build(cfg)
-
-        def step():
-            with precision.autocast(p, "cpu"):
-                loss, _ = arch.training_forward(batch, teacher_temp=0.04)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            arch.update_teacher(0.996)
-
-        return step
+        return step_fn(arch, opt, batch, p)
 
     steps = {p: make(p) for p in PRECISION_DTYPES}
     counter = FlopCounterMode(display=False)

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._measure import PeakRSS, interleaved_times, median, write_results
+from tipsv2_core import precision
 from tipsv2_core.config import apply_overrides
 from tipsv2_core.recipes import get_recipe
 from tipsv2_core.train.meta_arch import TIPSv2MetaArch
@@ -68,9 +69,12 @@ def build(cfg):
     return arch, opt
 
 
-def step_fn(arch, opt, batch):
+def step_fn(arch, opt, batch, mode: str = "fp32"):
+    """One training step on the CPU in `mode` ("fp32", or "bf16" autocast) as a callable."""
+
     def step():
-        loss, _ = arch.training_forward(batch, teacher_temp=0.04)
+        with precision.autocast(mode, "cpu"):
+            loss, _ = arch.training_forward(batch, teacher_temp=0.04)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -116,6 +120,7 @@ def main() -> None:
             f"model.variant={args.variant}",
             f"stages.0.global_size={g}",
             f"stages.0.local_size={loc}",
+            "data.num_local=4",  # as measured for the README; the demo itself now uses 2
         ]
         cfg_head = apply_overrides(get_recipe("demo"), overrides)
         cfg_full = apply_overrides(get_recipe("demo"), [*overrides, "ema.mode=full"])

@@ -51,8 +51,8 @@ def test_demo_recipe_trains_in_minutes_and_every_loss_falls(tmp_path):
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in logged if "train/loss" in r]
     probes = [r for r in logged if "probe/zeroshot_seg/miou" in r]
-    assert rows[-1]["step"] == 1000
-    assert [r["step"] for r in probes] == list(range(100, 1001, 100))
+    assert rows[-1]["step"] == 1100
+    assert [r["step"] for r in probes] == list(range(100, 1101, 100))
     # Compare after every warm-up (LR, teacher temperature, α/β ramp: 30 % of the run):
     # medians of the first five logs after step 300 against the last five.
     after = [r for r in rows if r["step"] > 300]
@@ -76,9 +76,10 @@ def test_demo_recipe_trains_in_minutes_and_every_loss_falls(tmp_path):
         assert trained[key] >= 3 * max(floor[key], 0.01), (key, trained, floor)
     for key in ("i2t_r@1", "t2i_r@1"):
         assert trained[key] >= 0.03, (key, trained, floor)  # 12× chance
-    # Zero-shot segmentation: 1,000 bf16 steps with the rate decayed at the end reach
-    # 42 / 47 % mIoU at 112 px on two seeds, against 3.9–4.5 % for the random-init
-    # encoder (README, "Learning dense alignment", item 14).
+    # Zero-shot segmentation: 1,100 bf16 steps with the rate decayed at the end reach
+    # 44 / 44 % mIoU at 112 px on two seeds (38.9–47.3 % with 1,000 steps and four local
+    # crops), against 3.9–4.5 % for the random-init encoder (README, "Learning dense
+    # alignment", items 14 and 15).
     assert trained["miou"] >= 0.3, (trained, floor)
     assert trained["miou"] >= 6 * floor["miou"], (trained, floor)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.test_meta_arch import batch, small_cfg
 from tipsv2_core.train.meta_arch import TIPSv2MetaArch
 from tipsv2_core.train.optim import (
     build_optimizer,
@@ -13,7 +14,6 @@ from tipsv2_core.train.optim import (
     optimizer_tensors,
     param_groups,
 )
-from tests.test_meta_arch import batch, small_cfg
 
 pytestmark = pytest.mark.unit
 
