@@ -51,10 +51,10 @@ def demo() -> TrainConfig:
     nano14 embeds each patch with a small conv stem (VisionConfig.conv_stem; item 13):
     30.4 / 29.0 % at 600 steps on two seeds, against 16.9 / 15.5 % with one linear map.
 
-    The step runs under bf16 autocast (item 14; `run.precision`): 1.26× faster on a CPU
-    with AVX512-BF16 or AMX (and on a GPU); at 600 steps it scored 34.8 / 36.9 % against
-    fp32's 30.4 / 29.0 %. On a CPU without native bf16 it is emulated and slower:
-    `--set run.precision=fp32` there.
+    The step runs under bf16 autocast (item 14; `run.precision`): 1.15–1.26× faster on a
+    CPU with AVX512-BF16 or AMX (bench/bf16.py; more on a GPU); at 600 steps it scored
+    34.8 / 36.9 % against fp32's 30.4 / 29.0 %. On a CPU without native bf16 it is
+    emulated and slower: `--set run.precision=fp32` there.
 
     Two local crops, not four (item 15): the DINO loss they feed sits at ~6.88 against
     ln K = 6.93 all run at this batch, and the step without two of them is ~1.15× faster.
