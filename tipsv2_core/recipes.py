@@ -57,7 +57,7 @@ def demo() -> TrainConfig:
     emulated and slower: `--set run.precision=fp32` there.
 
     Two local crops, not four (item 15): the DINO loss they feed sits at ~6.88 against
-    ln K = 6.93 all run at this batch, and the step without two of them is ~1.15× faster.
+    ln K = 6.93 all run at this batch, and the loop without two of them runs ~1.1× faster.
     1,100 steps with two crops cost less time than 1,000 with four (288 against 291–336 s
     in the plain loop) and scored 44.4 / 43.8 % on two seeds, against 38.9 / 41.4 % (and
     42.0 / 47.3 % before the fused optimiser, a rounding-level change) with four: within
