@@ -60,10 +60,12 @@ def test_demo_recipe_trains_in_minutes_and_every_loss_falls(tmp_path):
         early = statistics.median(r[f"train/{term}"] for r in after[:5])
         late = statistics.median(r[f"train/{term}"] for r in after[-5:])
         assert late < early, f"{term}: {early:.3f} -> {late:.3f}"
-    # DINO and iBOT++ hover below ln K = ln 1024 = 6.93 at this scale (README, training
-    # notes): a collapsed teacher would put them on it.
-    for term in ("dino_loss", "ibot_loss"):
-        assert statistics.median(r[f"train/{term}"] for r in after[-5:]) < 6.9, term
+    # Neither self-distillation term may sit on its uniform solution ln K = ln 1024 = 6.93
+    # (a collapsed teacher). At batch 32 with the EMA centre the CLS head's targets are
+    # close to it all the same (DINO 6.87-6.89 at the end on three seeds, iBOT++ 6.31-6.49;
+    # README, "Learning dense alignment", item 16), so DINO's bound is just under ln K.
+    for term, bound in (("dino_loss", 6.92), ("ibot_loss", 6.75)):
+        assert statistics.median(r[f"train/{term}"] for r in after[-5:]) < bound, term
     first_clip = rows[0]["train/clip_loss"]
     assert rows[-1]["train/clip_loss"] < first_clip - 0.3  # ln 32 = 3.47 at the start
 
