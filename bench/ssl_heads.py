@@ -50,9 +50,11 @@ def head_stats(run: Path, teacher_temp: float | None, max_patches: int = 2048) -
     if ckpt is None:
         raise SystemExit(f"{run}: no complete checkpoint under {run / 'checkpoints'}")
     model_state, _, state = load_checkpoint(ckpt, with_state=True)
+    if state is None:  # the heads and loss centres live in the training state only
+        raise SystemExit(f"{ckpt}: no state.safetensors, so no self-distillation heads to read")
     arch = TIPSv2MetaArch(cfg)  # the encoder, the heads and the loss centres, no optimiser
     full = {f"student.{k}": v for k, v in model_state.items()}
-    full |= {k.removeprefix("arch."): v for k, v in (state or {}).items() if k.startswith("arch.")}
+    full |= {k.removeprefix("arch."): v for k, v in state.items() if k.startswith("arch.")}
     arch.load_state_dict(full, strict=True)
     arch.eval()
     batch = next(make_loader(cfg, 0, 0, run / "tokenizer.model", mask_ratio=0.0))
