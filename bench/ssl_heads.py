@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tipsv2_core.checkpoint import load_checkpoint
 from tipsv2_core.config import from_dict
-from tipsv2_core.train.checkpointing import latest_checkpoint
+from tipsv2_core.train.checkpointing import arch_state_dict, latest_checkpoint
 from tipsv2_core.train.loop import make_loader
 from tipsv2_core.train.meta_arch import TIPSv2MetaArch
 
@@ -53,9 +53,7 @@ def head_stats(run: Path, teacher_temp: float | None, max_patches: int = 2048) -
     if state is None:  # the heads and loss centres live in the training state only
         raise SystemExit(f"{ckpt}: no state.safetensors, so no self-distillation heads to read")
     arch = TIPSv2MetaArch(cfg)  # the encoder, the heads and the loss centres, no optimiser
-    full = {f"student.{k}": v for k, v in model_state.items()}
-    full |= {k.removeprefix("arch."): v for k, v in state.items() if k.startswith("arch.")}
-    arch.load_state_dict(full, strict=True)
+    arch.load_state_dict(arch_state_dict(model_state, state), strict=True)
     arch.eval()
     batch = next(make_loader(cfg, 0, 0, run / "tokenizer.model", mask_ratio=0.0))
     out = arch.student.vision(batch["global_crops"])

@@ -74,6 +74,17 @@ def _prune(out: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def arch_state_dict(
+    model_state: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The meta-architecture's state dict from a checkpoint's two files: the student's
+    tensors (model.safetensors) and the `arch.` part of the training state (heads, EMA
+    teacher, loss centres)."""
+    full = {f"student.{k}": v for k, v in model_state.items()}
+    full |= {k[len("arch.") :]: v for k, v in state.items() if k.startswith("arch.")}
+    return full
+
+
 def load_training_checkpoint(
     path: Path, arch: nn.Module, opt: torch.optim.Optimizer
 ) -> dict[str, Any]:
@@ -83,9 +94,7 @@ def load_training_checkpoint(
         raise ValueError(
             f"{path}: has no training state (state.safetensors); cannot resume from it"
         )
-    full = {f"student.{k}": v for k, v in model_state.items()}
-    full |= {k[len("arch.") :]: v for k, v in state.items() if k.startswith("arch.")}
-    arch.load_state_dict(full, strict=True)
+    arch.load_state_dict(arch_state_dict(model_state, state), strict=True)
     load_optimizer_tensors(opt, state, json.dumps(meta["optimizer"]))
     torch.set_rng_state(state["rng.torch"])
     return meta
