@@ -6,7 +6,8 @@ differ, its logits cos(z, w_k) are nearly equal over k, the teacher's target is 
 uniform (entropy ln K) and the loss gives the encoder no signal: the constant solution.
 
 For each run directory (`tipsv2 train --out DIR`) this loads the last complete checkpoint,
-runs its encoder and the *teacher* heads on one training batch of the run's own data, and
+runs the teacher's encoder (the student's own under head-only EMA, its EMA copy under
+full EMA) and the *teacher* heads on one training batch of the run's own data, and
 prints per head (CLS head on CLS1 tokens, patch head on patch tokens):
 
 - the spread of the logits over the K prototypes (std over k, mean over samples);
@@ -56,7 +57,8 @@ def head_stats(run: Path, teacher_temp: float | None, max_patches: int = 2048) -
     arch.load_state_dict(arch_state_dict(model_state, state), strict=True)
     arch.eval()
     batch = next(make_loader(cfg, 0, 0, run / "tokenizer.model", mask_ratio=0.0))
-    out = arch.student.vision(batch["global_crops"])
+    teacher = arch.teacher_vision if arch.teacher_vision is not None else arch.student.vision
+    out = teacher(batch["global_crops"])
     tokens = {"cls": out.cls1, "patch": out.patch_tokens.flatten(0, 2)[:max_patches]}
     losses = {"cls": arch.dino_loss, "patch": arch.ibot_loss}
     stats = {"checkpoint": ckpt.name, "centering": cfg.loss.centering, "teacher_temp": teacher_temp}

@@ -122,7 +122,7 @@ def main() -> None:
             f"stages.0.local_size={loc}",
             "data.num_local=4",  # as measured for the README; the demo itself now uses 2
         ]
-        cfg_head = apply_overrides(get_recipe("demo"), overrides)
+        cfg_head = apply_overrides(get_recipe("demo"), [*overrides, "ema.mode=head_only"])
         cfg_full = apply_overrides(get_recipe("demo"), [*overrides, "ema.mode=full"])
         batch = make_batch(cfg_head, args.batch)
         arch_h, opt_h = build(cfg_head)

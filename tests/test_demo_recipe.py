@@ -61,10 +61,10 @@ def test_demo_recipe_trains_in_minutes_and_every_loss_falls(tmp_path):
         late = statistics.median(r[f"train/{term}"] for r in after[-5:])
         assert late < early, f"{term}: {early:.3f} -> {late:.3f}"
     # Neither self-distillation term may sit on its uniform solution ln K = ln 1024 = 6.93
-    # (a collapsed teacher). At batch 32 with the EMA centre the CLS head's targets are
-    # close to it all the same (DINO 6.87-6.89 at the end on three seeds, iBOT++ 6.31-6.49;
-    # README, "Learning dense alignment", item 16), so DINO's bound is just under ln K.
-    for term, bound in (("dino_loss", 6.92), ("ibot_loss", 6.75)):
+    # (a collapsed teacher). With the demo's full EMA copy of the encoder the heads learn:
+    # DINO 6.11-6.54 and iBOT++ 5.98-6.03 at the end on three seeds (with the head-only
+    # teacher DINO sat at 6.86-6.88; README, "Learning dense alignment", items 16 and 18).
+    for term, bound in (("dino_loss", 6.8), ("ibot_loss", 6.5)):
         assert statistics.median(r[f"train/{term}"] for r in after[-5:]) < bound, term
     first_clip = rows[0]["train/clip_loss"]
     assert rows[-1]["train/clip_loss"] < first_clip - 0.3  # ln 32 = 3.47 at the start

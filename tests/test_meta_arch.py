@@ -93,7 +93,7 @@ def test_the_pooled_clip_term_is_off_in_the_papers_loss_and_weighted_when_on():
 
 def test_head_only_teacher_is_the_student_encoder():
     torch.manual_seed(0)
-    arch = TIPSv2MetaArch(small_cfg())
+    arch = TIPSv2MetaArch(small_cfg("ema.mode=head_only"))
     assert arch.teacher_vision is None
     full = TIPSv2MetaArch(small_cfg("ema.mode=full"))
     assert full.teacher_vision is not None

@@ -65,12 +65,12 @@ def test_other_learning_rate_is_refused_naming_the_field(capsys, run_dir, datase
 
 def test_other_variant_or_ema_mode_is_refused_even_when_accepted(capsys, run_dir, datasets):
     rc, err = train(
-        capsys, datasets[0], run_dir, "--set", "model.variant=ti14", "--set", "ema.mode=full",
+        capsys, datasets[0], run_dir, "--set", "model.variant=ti14", "--set", "ema.mode=head_only",
         "--accept-changes",
     )  # fmt: skip
     assert rc == 2 and "RuntimeError" not in err
     assert "model.variant ('nano14' in the checkpoint, 'ti14' now)" in err
-    assert "ema.mode ('head_only' in the checkpoint, 'full' now)" in err
+    assert "ema.mode ('full' in the checkpoint, 'head_only' now)" in err
     assert "start a new --out" in err
 
 

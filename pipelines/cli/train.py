@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Pretrain with a named recipe. Resumes from the latest complete checkpoint in "
             "--out unless --no-resume. Overrides: --set key=value (e.g. stages.0.steps=50, "
-            "loss.ibot_mode=ibot, ema.mode=full, data.caption_strategy=one_cls_multi)."
+            "loss.ibot_mode=ibot, ema.mode=head_only, data.caption_strategy=one_cls_multi)."
         ),
     )
     _common(train, default_recipe="demo")
