@@ -291,6 +291,24 @@ def test_concurrent_steps_share_one_parent(backend):
     assert [r.info.run_id for r in active] == list(parents)
 
 
+@pytest.mark.integration
+def test_a_process_that_exits_mid_step_ends_its_run_killed(sqlite_home):
+    """A step process that exits without closing its run (a Ray worker shut down by an
+    aborted run) did not finish: the exit hook ends the run KILLED, never FINISHED."""
+    uri = f"sqlite:///{sqlite_home / 'mlflow.db'}"
+    code = (
+        "import sys; from components.tracking import Tracker\n"
+        f"t = Tracker('train', pipeline_run_id={new_pipeline_id()!r}, tracking_uri={uri!r})\n"
+        "t.start(); t.log_step({'step': 1, 'loss': 1.0}); print(t.run_id); sys.exit(0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    run = client_for(uri).get_run(done.stdout.split()[-1])
+    assert run.info.status == "KILLED"
+    assert run.data.metrics["train/loss"] == 1.0  # what was buffered still reached the store
+
+
 # --------------------------------------------------------------------------- batching
 
 

@@ -98,7 +98,8 @@ class Tracker:
 
     Use it as a context manager (the run ends FINISHED, or FAILED / KILLED on an
     exception); `close()` does the same by hand, and an interpreter exit closes a tracker
-    left open. Only rank 0 of a distributed job should create one.
+    left open as KILLED (the step never said it finished). Only rank 0 of a distributed
+    job should create one.
 
     Args:
         step: the pipeline step ("train", "distill", "evaluate", ...): tag and run name.
@@ -317,8 +318,12 @@ class Tracker:
         }
 
     def _close_at_exit(self) -> None:
+        # The interpreter is ending while the step never closed its run: the process was
+        # stopped (a Ray worker shut down by an aborted run, a `sys.exit` mid-step), so the
+        # step did not finish. KILLED, the status the driver gives such orphans too: a
+        # FINISHED here could land after (and overwrite) the driver's KILLED.
         self.close_timeout_s = min(self.close_timeout_s, 5.0)  # do not hang an exit
-        self.close("FINISHED")
+        self.close("KILLED")
 
     # -- logging (called by the step: cheap, never raises for tracking reasons) ---------
 
