@@ -85,7 +85,7 @@ def evaluate_and_report(
 
 def checkpoint_lineage(checkpoint: str | os.PathLike[str], variant: str) -> dict[str, Any]:
     """What a report says about the model: its checkpoint, variant, and the step, data
-    version and commit its `meta.json` records (None for an official npz pair or an ONNX
+    version, commit and dirty flag its `meta.json` records (None for an official npz pair or an ONNX
     export, which have no meta.json)."""
     from tipsv2_core.checkpoint import read_meta
     from tipsv2_core.export import is_onnx_export
@@ -99,6 +99,7 @@ def checkpoint_lineage(checkpoint: str | os.PathLike[str], variant: str) -> dict
         "step": meta.get("step"),
         "data_version": meta.get("data_version"),
         "git_sha": meta.get("git_sha"),
+        "git_dirty": meta.get("git_dirty"),
         "config": meta.get("config"),
     }
 

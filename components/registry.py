@@ -441,7 +441,8 @@ def _lineage_record(
     source = checkpoint_uri or str(meta.get("source_checkpoint") or "")
     if not source or "://" in source:
         return None
-    # The registering checkout's state stands for the trainer's when it is the same commit.
+    # A checkpoint records its own dirty flag (tipsv2_core.provenance); for one written
+    # before it did, the registering checkout's state stands in when it is the same commit.
     src_sha = (meta.get("source_meta") or {}).get("git_sha")
     dirty = git_dirty() if src_sha and src_sha == code_git_sha() else None
     return capture(source, eval_settings=eval_settings, git_dirty=dirty)

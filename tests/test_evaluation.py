@@ -14,7 +14,13 @@ pytestmark = pytest.mark.unit
 def test_lineage_of_a_native_checkpoint_comes_from_its_meta(tmp_path):
     ckpt = tmp_path / "run" / "final"
     ckpt.mkdir(parents=True)
-    meta = {"step": 7, "data_version": "manifest-sha256:ab", "git_sha": "c0ffee", "config": {}}
+    meta = {
+        "step": 7,
+        "data_version": "manifest-sha256:ab",
+        "git_sha": "c0ffee",
+        "git_dirty": "false",
+        "config": {},
+    }
     (ckpt / "meta.json").write_text(json.dumps(meta))
     (ckpt / "COMPLETE").write_text("")
     lineage = checkpoint_lineage(ckpt, "nano14")

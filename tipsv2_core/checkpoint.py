@@ -3,7 +3,8 @@
 
     <dir>/model.safetensors   weights (TIPSModel state dict: vision.*, text.*, temperature)
     <dir>/state.safetensors   optional training state (optimizer, EMA heads, loss centres)
-    <dir>/meta.json           step, variant, resolved config, data version, git SHA, …
+    <dir>/meta.json           step, variant, resolved config, data version, git SHA and
+                              whether the tree was dirty, …
     <dir>/COMPLETE            written last; a directory without it is never loaded
 
 safetensors holds raw tensors only, so loading a checkpoint can never execute code.
@@ -15,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,26 +27,12 @@ from safetensors.torch import load_file, save_file
 
 from tipsv2_core.atomic import COMPLETE_FILE, commit_directory, temporary_sibling
 from tipsv2_core.errors import CheckpointError
+from tipsv2_core.provenance import git_dirty, git_sha
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
-
-
-def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
-    """The commit of the code that wrote a checkpoint, when it runs from a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=cwd or Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def is_complete(path: str | os.PathLike) -> bool:
@@ -78,6 +64,7 @@ def save_checkpoint(
             "format_version": FORMAT_VERSION,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "git_sha": git_sha(),
+            "git_dirty": git_dirty(),
             **meta,
         }
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n")

@@ -130,7 +130,9 @@ def capture(
         "format": FORMAT,
         "kind": kind,
         "git_sha": meta.get("git_sha"),
-        "git_dirty": git_dirty,
+        # The checkpoint's own record (written by the training process) wins; `git_dirty`
+        # is the registering checkout's guess for checkpoints written before it existed.
+        "git_dirty": meta.get("git_dirty", git_dirty),
         "data_version": version,
         "step": meta.get("step"),
         "variant": meta.get("variant"),

@@ -9,12 +9,14 @@ import os
 import platform
 import re
 import socket
-import subprocess
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from components.tracking.tags import GIT_SHA_ENVS, UNKNOWN
+from tipsv2_core.provenance import git_dirty
+from tipsv2_core.provenance import git_sha as checkout_sha
+
+__all__ = ["config_tree", "flatten_config", "git_dirty", "git_sha", "system_info"]
 
 
 def flatten_config(cfg: Any) -> dict[str, Any]:
@@ -50,36 +52,13 @@ def config_tree(cfg: Any) -> Any:
 def git_sha(environ: Mapping[str, str] | None = None) -> str:
     """HEAD of the checkout this code runs from; else `$TIPSV2_GIT_SHA` / `$GIT_SHA`."""
     env = os.environ if environ is None else environ
-    sha = _git("rev-parse", "HEAD")
+    sha = checkout_sha()
     if sha and re.fullmatch(r"[0-9a-f]{40}", sha):
         return sha
     for name in GIT_SHA_ENVS:
         if env.get(name):
             return env[name]
     return UNKNOWN
-
-
-def git_dirty() -> str | None:
-    """ "true" when tracked files differ from HEAD, "false" when not, None without git."""
-    out = _git("status", "--porcelain", "--untracked-files=no")
-    return None if out is None else str(bool(out)).lower()
-
-
-def _git(*args: str) -> str | None:
-    # The code's own checkout, not the caller's working directory: a step run from
-    # elsewhere still records the commit of the code that ran.
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def system_info(world_size: int | None = None) -> dict[str, str]:

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from tipsv2_core.atomic import commit_directory, temporary_sibling
-from tipsv2_core.checkpoint import git_sha
 from tipsv2_core.checkpoint import read_meta as read_checkpoint_meta
 from tipsv2_core.export.graphs import (
     GRAPH_NAMES,
@@ -51,6 +50,7 @@ from tipsv2_core.export.parity import (
 from tipsv2_core.export.precision import convert, model_file
 from tipsv2_core.export.runtime import META_FILE, make_session, read_meta
 from tipsv2_core.models.tips import TIPSModel
+from tipsv2_core.provenance import git_sha
 from tipsv2_core.text.tokenizer import Tokenizer
 
 FORMAT = "tipsv2-onnx"
