@@ -85,8 +85,8 @@ def evaluate_and_report(
 
 def checkpoint_lineage(checkpoint: str | os.PathLike[str], variant: str) -> dict[str, Any]:
     """What a report says about the model: its checkpoint, variant, and the step, data
-    version, commit and dirty flag its `meta.json` records (None for an official npz pair or an ONNX
-    export, which have no meta.json)."""
+    version, commit and dirty flag its `meta.json` records (None for an official npz pair
+    or an ONNX export, which have no meta.json)."""
     from tipsv2_core.checkpoint import read_meta
     from tipsv2_core.export import is_onnx_export
     from tipsv2_core.models.io import is_native
