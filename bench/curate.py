@@ -8,9 +8,12 @@ alt-text and `.json` medium-caption sidecars, 1 % of them re-encoded copies of o
 `components.curate.curate` on that folder with the same rules (decode + verify, resize to
 224 px, re-encode, captions, SHA-256 + pHash, dedup, shards, manifest, card); they differ
 only in where the per-record work runs: `workers=0` is a plain loop in this process,
-`workers=1|2` are Ray Data tasks. One Ray runtime starts up front and serves every run;
-its start-up is reported apart, not counted in the rates. Runs are interleaved (a, b, c,
-a, b, c, …) after a small warm-up of each, so machine noise hits all alike.
+`workers=1|2` are Ray Data tasks; "ray 2, budgets" is 2 workers with Ray Data's default
+per-operator budgets, which the curation step turns off (on a local Ray they held the two
+workers to taking turns; components/curate/execute.py). One Ray runtime starts up front
+and serves every run; its start-up is reported apart, not counted in the rates. Runs are
+interleaved (a, b, c, a, b, c, …) after a small warm-up of each, so machine noise hits
+all alike.
 
 Per contender it also counts CPU seconds: this process and every process below it (Ray's
 raylet, GCS and worker processes), before and after the run. Ray's cost per record is
@@ -26,13 +29,14 @@ write and the Arrow round trip a Ray block makes.
 
     .venv/bin/python bench/curate.py [--quick] [--images N] [--reps 2]
 
-Self-contained (it makes its own data and starts its own Ray); about 2 minutes on 2
+Self-contained (it makes its own data and starts its own Ray); about 2.5 minutes on 2
 quiet cores, the first run adding ~1 minute to draw the images.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -40,7 +44,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,7 +57,7 @@ os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
 import psutil
 
 from bench._measure import median, write_results
-from components.curate import curate
+from components.curate import curate, execute
 from components.curate.execute import _ResultColumns, from_table, ray_session, read_bytes
 from components.curate.plan import plan_sources
 from components.storage import default_storage
@@ -72,7 +76,14 @@ from tipsv2_core.data.synthetic import generate_scene
 IMAGE_SIZE = 448  # the generator's largest; web images are larger still
 RESIZE = 224  # stored side: the paper's low-res stage
 DRAW_SIZE = 224  # scenes are drawn at this side, then enlarged to IMAGE_SIZE
-CONTENDERS = {"plain loop": 0, "ray 1 worker": 1, "ray 2 workers": 2}
+# name: (workers, Ray Data's per-operator budgets on). The last row is Ray Data's default,
+# which the curation step turns off (components/curate/execute.py, OPERATOR_BUDGETS).
+CONTENDERS = {
+    "plain loop": (0, False),
+    "ray 1 worker": (1, False),
+    "ray 2 workers": (2, False),
+    "ray 2, budgets": (2, True),
+}
 BREAKDOWN_RECORDS = 300
 
 
@@ -162,6 +173,23 @@ def _clean(clock: Clock, data: bytes, rules) -> tuple:
     return image, stored, steps
 
 
+@contextlib.contextmanager
+def operator_budgets(on: bool) -> Iterator[None]:
+    """Ray Data's per-operator budgets on or off for the runs inside (read by the driver,
+    where Ray Data's executor runs)."""
+    before, execute.OPERATOR_BUDGETS = execute.OPERATOR_BUDGETS, on
+    try:
+        yield
+    finally:
+        execute.OPERATOR_BUDGETS = before
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def breakdown(src: Path, cfg: CurateConfig, n: int, scratch: Path) -> dict[str, float]:
     """Milliseconds per record for each stage, over the first `n` records of `src`."""
     tasks = plan_sources([str(src)], cfg, default_storage())[0].tasks[:n]
@@ -203,7 +231,11 @@ def breakdown(src: Path, cfg: CurateConfig, n: int, scratch: Path) -> dict[str, 
             cols.append(r)
         return list(from_table(cols.table()))
 
-    clock("Arrow round trip", round_trip)
+    # Arrow's first table in a process costs ~0.2 s of one-time set-up, more than 300
+    # round trips: warm up, then take the best of 5 (a worker pays the set-up once).
+    round_trip()
+    best = min(_timed(round_trip) for _ in range(5))
+    clock.add("Arrow round trip", best)
     return {k: 1000 * v / len(tasks) for k, v in clock.seconds.items()}
 
 
@@ -244,14 +276,16 @@ def main() -> None:
         t0 = time.perf_counter()
         with ray_session(workers=2):
             ray_start = time.perf_counter() - t0
-            for workers in CONTENDERS.values():  # warm-up: worker processes, imports
-                curate([str(warm)], str(out / "warm"), config, workers=workers, progress=False)
+            for workers, budgets in CONTENDERS.values():  # warm-up: worker processes, imports
+                with operator_budgets(budgets):
+                    curate([str(warm)], str(out / "warm"), config, workers=workers, progress=False)
             for _ in range(reps):
-                for name, workers in CONTENDERS.items():
+                for name, (workers, budgets) in CONTENDERS.items():
                     c0, t0 = tree_cpu_seconds(), time.perf_counter()
-                    result = curate(
-                        [str(src)], str(out / "ds"), config, workers=workers, progress=False
-                    )
+                    with operator_budgets(budgets):
+                        result = curate(
+                            [str(src)], str(out / "ds"), config, workers=workers, progress=False
+                        )
                     times[name].append(time.perf_counter() - t0)
                     cpu[name].append(tree_cpu_seconds() - c0)
                     counts[name] = result.num_samples
@@ -267,10 +301,11 @@ def main() -> None:
     cpu_ms = {name: 1000 * median(cs) / n for name, cs in cpu.items()}
     rows = []
     print(f"\n{'contender':<15}{'workers':>8}{'s':>8}{'img/s':>8}{'vs loop':>9}{'CPU ms/rec':>12}")
-    for name, workers in CONTENDERS.items():
+    for name, (workers, budgets) in CONTENDERS.items():
         row = {
             "contender": name,
             "workers": workers,
+            "ray_data_operator_budgets": budgets,
             "seconds": median(times[name]),
             "images_per_s": rate[name],
             "speedup_vs_loop": rate[name] / rate["plain loop"],
@@ -280,6 +315,7 @@ def main() -> None:
         print(f"{name:<15}{workers:>8}{row['seconds']:>8.1f}{row['images_per_s']:>8.0f}"
               f"{row['speedup_vs_loop']:>8.2f}x{row['cpu_ms_per_record']:>12.2f}")  # fmt: skip
     two_over_one = rate["ray 2 workers"] / rate["ray 1 worker"]
+    budgets_off = rate["ray 2 workers"] / rate["ray 2, budgets"]
     ray_ms = {w: cpu_ms[f"ray {w}"] - cpu_ms["plain loop"] for w in ("1 worker", "2 workers")}
     stages["Ray overhead, 1 worker (CPU)"] = ray_ms["1 worker"]
     stages["Ray overhead, 2 workers (CPU)"] = ray_ms["2 workers"]
@@ -293,6 +329,7 @@ def main() -> None:
         f"{rate['ray 1 worker'] / rate['plain loop']:.2f}x  (ray start-up {ray_start:.1f} s, not "
         f"counted; {os.cpu_count()} CPUs, load average {load_before[0]:.1f} -> {load[0]:.1f})"
     )
+    print(f"ray 2 workers without / with Ray Data's operator budgets: {budgets_off:.2f}x")
     if max(load_before[0], load[0]) > (os.cpu_count() or 1) + 0.5:
         print("note: the load average exceeds the CPU count: other jobs shared the cores, so "
               "the wall-clock ratios are measured under contention")  # fmt: skip
@@ -306,6 +343,7 @@ def main() -> None:
             "config": config,
             "ray_startup_s": ray_start,
             "ray2_over_ray1": two_over_one,
+            "ray2_budgets_off_over_on": budgets_off,
             "breakdown_ms_per_record": stages,
             "breakdown_records": min(n, BREAKDOWN_RECORDS),
             "kept": counts["plain loop"],

@@ -33,6 +33,14 @@ from tipsv2_core.data.curation.tasks import Reader, Task, read_task, tasks_from_
 Result = Accepted | Rejected
 # No token prompt for a local cluster (and no usage reporting: settings.TELEMETRY_OFF).
 RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled"}
+# Ray Data (2.60) gives each operator a CPU and memory budget out of what its cluster
+# autoscaler has reserved for the dataset. On a fixed local Ray nothing is reserved yet
+# during a run of seconds, so the budget stayed zero and after the first pair of blocks
+# each task waited for the previous one: two workers took turns (tests/
+# test_curate_parallel.py; 1.15-1.24x slower with 2 workers, bench/curate.py). Off:
+# `TaskPoolStrategy(size=workers)` bounds the tasks, and Ray Data's downstream-capacity
+# backpressure still bounds the results waiting for the driver.
+OPERATOR_BUDGETS = False
 ROWS_PER_OUTPUT_BLOCK = 32  # results per Arrow block sent back (bounds block size)
 
 RESULT_SCHEMA = pa.schema(
@@ -206,6 +214,7 @@ def run_ray(tasks: Sequence[Task], cfg: CurateConfig, workers: int) -> Iterator[
         )
         ctx = ds.context
         ctx.execution_options.preserve_order = True  # deterministic dedup and shard order
+        ctx.op_resource_reservation_enabled = OPERATOR_BUDGETS
         ctx.enable_progress_bars = False  # the driver shows one bar over records instead
         ctx.print_on_execution_start = False
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
