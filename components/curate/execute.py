@@ -36,10 +36,10 @@ RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled"}
 # Ray Data (2.60) gives each operator a CPU and memory budget out of what its cluster
 # autoscaler has reserved for the dataset. On a fixed local Ray nothing is reserved yet
 # during a run of seconds, so the budget stayed zero and after the first pair of blocks
-# each task waited for the previous one: two workers took turns (tests/
-# test_curate_parallel.py; 1.15-1.24x slower with 2 workers, bench/curate.py). Off:
-# `TaskPoolStrategy(size=workers)` bounds the tasks, and Ray Data's downstream-capacity
-# backpressure still bounds the results waiting for the driver.
+# each task waited for the previous one: two workers took turns (checked by
+# tests/test_curate_parallel.py; with the budgets on, 2 workers ran 1.08-1.24x slower,
+# bench/curate.py). Off: `TaskPoolStrategy(size=workers)` bounds the tasks, and Ray
+# Data's downstream-capacity backpressure still bounds the results waiting for the driver.
 OPERATOR_BUDGETS = False
 ROWS_PER_OUTPUT_BLOCK = 32  # results per Arrow block sent back (bounds block size)
 
