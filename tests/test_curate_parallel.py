@@ -2,11 +2,12 @@
 
 A plug-in captioner (built once per Ray worker, called per record) waits a fixed time per
 record and appends (pid, start, end) to a log. With `workers=2` the two worker processes
-must be captioning at the same time for a good part of the run: 52-61 % of the captioning
-time here, against 3-16 % before the curation step turned off Ray Data's per-operator
-budget (read from its cluster autoscaler, which reserves nothing during a run this short,
-so the workers took turns after their first blocks). The wait is a sleep, so the share
-does not depend on how loaded the cores are.
+must be captioning at the same time for most of the run: 75-81 % of the captioning time
+here (75 % with two busy loops competing for the 2 cores), against 34-37 % before the
+curation step turned off Ray Data's per-operator budgets (read from its cluster
+autoscaler, which reserves nothing at the start of a run, so the workers took turns
+after their first blocks). The wait is a sleep, so the share depends little on how
+loaded the cores are.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from components.curate import curate
 from tests.test_curation import encode, photo
 
-SECONDS_PER_RECORD = 0.01
+SECONDS_PER_RECORD = 0.02
 
 
 class SlowCaptioner:
@@ -69,4 +70,4 @@ def test_two_ray_workers_clean_records_at_the_same_time(tmp_path):
     assert result.num_samples == 256, result.summary
     pids, together = _together(log)
     assert len(pids) == 2, f"expected the records spread over 2 worker processes: {pids}"
-    assert together >= 0.3, f"the workers captioned together {together:.0%} of the time"
+    assert together >= 0.55, f"the workers captioned together {together:.0%} of the time"
