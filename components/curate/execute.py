@@ -37,7 +37,7 @@ RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled"}
 # autoscaler has reserved for the dataset. On a fixed local Ray nothing is reserved yet
 # during a run of seconds, so the budget stayed zero and after the first pair of blocks
 # each task waited for the previous one: two workers took turns (checked by
-# tests/test_curate_parallel.py; with the budgets on, 2 workers ran 1.08-1.24x slower,
+# tests/test_curate_parallel.py; with the budgets on, 2 workers ran 1.08-1.17x slower,
 # bench/curate.py). Off: `TaskPoolStrategy(size=workers)` bounds the tasks, and Ray
 # Data's downstream-capacity backpressure still bounds the results waiting for the driver.
 OPERATOR_BUDGETS = False
