@@ -1,14 +1,16 @@
 """How far bf16 can take the `demo` training step on this CPU, and what autocast costs.
 
 The goal for the demo step is 1.6x its fp32 speed in bf16; `run.precision=bf16`
-(autocast over fp32 weights) reaches 1.15-1.27x. This script says why, in one process:
+(autocast over fp32 weights) reaches 1.18-1.35x. This script says where the rest goes,
+in one process:
 
 1. Amdahl's bound. A profile of the fp32 step (torch.profiler, self CPU time) splits it
    into the GEMM-class ops bf16 can speed up (mm, addmm, bmm, convolutions, the SDPA
    kernels, their backward) and everything else (norms, element-wise work, softmax, the
    losses, the optimiser). With the GEMM-class share g sped up by the measured 2048^3
    GEMM ratio r and the rest unchanged, the step can go at most 1 / (1 - g + g / r)
-   faster. (Small matmuls gain less than r, so the true bound is lower still.)
+   faster. (Small matmuls gain less than r, so the true bound is lower still. r moves
+   with the host: on a CPU with AMX it varied from 2.8 to 7.5 between runs.)
 2. What autocast's casts cost. The step three ways, interleaved: fp32; bf16 autocast over
    fp32 weights (what training runs); and the whole model cast to bf16 with no autocast,
    so nothing is cast per op. The third is a timing only, not a training mode: its
@@ -18,13 +20,12 @@ The goal for the demo step is 1.6x its fp32 speed in bf16; `run.precision=bf16`
 
     .venv/bin/python bench/bf16_ceiling.py [--reps 7] [--threads N]
 
-About 2 minutes on 2 quiet cores; JSON in bench/results/bf16_ceiling.json.
+About 20 s on 2 quiet cores; JSON in bench/results/bf16_ceiling.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._measure import interleaved_times, median, write_results
-from bench.train_step import build, make_batch, matmul_rate, step_fn
+from bench.bf16 import gemm_rates, load_average
+from bench.train_step import build, make_batch, step_fn
 from tipsv2_core.recipes import get_recipe
 from tipsv2_core.train.optim import build_optimizer
 
@@ -89,21 +91,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, {args.threads} threads")
+    print(f"load average {load_average()}, {args.threads} threads")
 
-    rates = {p: matmul_rate(2048, 5, dtype) for p, dtype in
-             (("fp32", torch.float32), ("bf16", torch.bfloat16))}  # fmt: skip
+    rates = gemm_rates()
     r = rates["bf16"] / rates["fp32"]
     print(f"GEMM 2048³: fp32 {rates['fp32'] / 1e9:.0f}, bf16 {rates['bf16'] / 1e9:.0f} "
           f"GFLOP/s ({r:.2f}x)")  # fmt: skip
 
     cfg = get_recipe("demo")
     batch = make_batch(cfg, cfg.stages[0].batch_size)
-    steps = {}
-    for mode in ("fp32", "bf16"):
-        arch, opt = build(cfg)
-        steps[f"{mode} autocast" if mode == "bf16" else mode] = step_fn(arch, opt, batch, mode)
-    steps["bf16 weights, no autocast"] = bf16_weights_step(cfg, batch)
+    steps = {
+        "fp32": step_fn(*build(cfg), batch, "fp32"),
+        "bf16 autocast": step_fn(*build(cfg), batch, "bf16"),
+        "bf16 weights, no autocast": bf16_weights_step(cfg, batch),
+    }
 
     g, top = gemm_share(steps["fp32"])
     bound = 1 / (1 - g + g / r)
@@ -116,7 +117,7 @@ def main() -> None:
     t = {name: median(ts) for name, ts in times.items()}
     for name, s in t.items():
         print(f"{name:<28} {s * 1e3:7.1f} ms  {t['fp32'] / s:5.2f}x fp32")
-    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"load average {load_average()}")
     path = write_results(
         "bf16_ceiling",
         [{"case": name, "step_s": s, "speedup_vs_fp32": t["fp32"] / s} for name, s in t.items()],
